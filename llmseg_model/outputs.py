@@ -1,0 +1,44 @@
+"""What `LLMSeg.prepare` and `LLMSeg.query` return.
+
+`FrameFeatures` holds everything computed once per image (proposals, mask embeddings, the LLaVA
+pixel values) so that several instructions on one frame cost one proposal pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from llmseg_model.proposals import Proposals
+
+
+@dataclass
+class FrameFeatures:
+    """Per-image state shared by every query on that image."""
+
+    image_size: tuple[int, int]  # (height, width) of the original image
+    proposals: Proposals
+    mask_embeddings: torch.Tensor  # (K, D), rows past proposals.count are padding
+    pixel_values: torch.Tensor  # LLaVA image processor output, (1, 3, S, S)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
+
+
+@dataclass
+class Result:
+    """The answer to one instruction on one frame."""
+
+    mask: np.ndarray  # (H, W) bool, union of the selected proposals
+    instance_masks: np.ndarray  # (N, H, W) bool, one per selected proposal
+    instance_scores: np.ndarray  # (N,) float, IoP score of each selected proposal
+    proposal_indices: np.ndarray  # (N,) int, indices into the frame's proposals
+    iou_scores: np.ndarray  # (K_valid,) float, IoU-head score of every proposal
+    iop_scores: np.ndarray  # (K_valid,) float, IoP-head score of every proposal
+    answer: str  # the LLM's answer text
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, prepare included
+
+    @property
+    def empty(self) -> bool:
+        """True when no proposal was selected: the target was not found."""
+        return len(self.proposal_indices) == 0
