@@ -203,7 +203,8 @@ def tiny_config() -> LLMSegConfig:
         vlm=VlmConfig(
             seg_embed_dim=128,
             max_new_tokens=12,
-            trainable_modules=("embed_tokens", "lm_head", "multi_modal_projector"),
+            # The tiny Llama has no pretraining to preserve, so it trains in full beside its LoRA.
+            trainable_modules=("language_model", "lm_head", "multi_modal_projector"),
         ),
         fusion=FusionConfig(dim=128, depth=2, num_heads=8, mlp_dim=512),
         weights=WeightPaths(

@@ -1,7 +1,7 @@
 """What `LLMSeg.prepare` and `LLMSeg.query` return.
 
 `FrameFeatures` holds everything computed once per image (proposals, mask embeddings, the LLaVA
-pixel values) so that several instructions on one frame cost one proposal pass.
+image tokens) so that several instructions on one frame cost one proposal pass.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class FrameFeatures:
     image_size: tuple[int, int]  # (height, width) of the original image
     proposals: Proposals
     mask_embeddings: torch.Tensor  # (K, D), rows past proposals.count are padding
-    pixel_values: torch.Tensor  # LLaVA image processor output, (1, 3, S, S)
+    image_features: torch.Tensor  # LLaVA vision tower + projector output, (1, N, hidden)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
 
 

@@ -1,0 +1,232 @@
+"""LLMSeg: the whole method behind two calls.
+
+    model = LLMSeg.from_config(preset_config("tiny"))
+    frame = model.prepare(image)            # SAM + DINOv2 + vision tower, once per frame
+    result = model.query(frame, "the thing I could roll")   # LLM + fusion + selection
+
+`prepare` / `query` split is what lets a robot ask several questions about one frame for the cost
+of one proposal pass.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Dinov2Model
+
+from llmseg_model.config import LLMSegConfig, preset_config
+from llmseg_model.features import MaskFeatureExtractor
+from llmseg_model.fusion import FusionTransformer
+from llmseg_model.losses import LossOutput, llmseg_loss
+from llmseg_model.outputs import FrameFeatures, Result
+from llmseg_model.proposals import ProposalGenerator, Proposals, build_sam, check_image
+from llmseg_model.selection import select_proposals
+from llmseg_model.vlm import SegVLM, clean_instruction
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "llmseg.safetensors"
+CONFIG_FILE = "llmseg_config.json"
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall time of a block under `stage` (synchronising CUDA so GPU time counts)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def require_path(value: str, setting: str, kind: str) -> Path:
+    """A configured weight path that must exist; the error names the setting to fix."""
+    if not value:
+        raise FileNotFoundError(f"weights.{setting} is not set: give the local path of the {kind}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"weights.{setting} = {value!r} does not exist ({kind}); nothing is downloaded")
+    return path
+
+
+class LLMSeg(nn.Module):
+    """SAM proposals + DINOv2 mask embeddings + LLaVA <SEG> + fusion heads + selection."""
+
+    def __init__(
+        self,
+        config: LLMSegConfig,
+        proposal_generator: ProposalGenerator,
+        features: MaskFeatureExtractor,
+        vlm: SegVLM,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.proposal_generator = proposal_generator
+        self.sam = proposal_generator.sam  # registered so .to(device) moves it
+        self.sam.requires_grad_(False)
+        self.features = features
+        self.vlm = vlm
+        self.fusion = FusionTransformer(config.fusion, config.features.embed_dim, config.vlm.seg_embed_dim)
+
+    # ---------------------------------------------------------------- building and weights
+    @classmethod
+    def from_config(
+        cls, config: LLMSegConfig, device: str = "cpu", load_trained: bool = True
+    ) -> "LLMSeg":
+        """Build every part from local weights (never downloads). With load_trained=False the
+        LLM-Seg parts (LoRA, heads, projections) start untrained, as for a new training run."""
+        weights = config.weights
+        sam_path = require_path(weights.sam_checkpoint, "sam_checkpoint", "SAM checkpoint file")
+        dinov2_path = require_path(weights.dinov2_path, "dinov2_path", "DINOv2 model folder")
+        llava_path = require_path(weights.llava_path, "llava_path", "LLaVA model folder")
+        trained_path = None
+        if load_trained:
+            trained_path = require_path(weights.llmseg_weights, "llmseg_weights", "LLM-Seg trained weights folder")
+        use_cuda = device.startswith("cuda")
+        sam = build_sam(config.sam, sam_path)
+        dinov2 = Dinov2Model.from_pretrained(str(dinov2_path), local_files_only=True)
+        vlm_dtype = torch.bfloat16 if use_cuda else torch.float32
+        vlm = SegVLM.from_pretrained(llava_path, config.vlm, dtype=vlm_dtype)
+        model = cls(config, ProposalGenerator(sam, config.proposals), MaskFeatureExtractor(dinov2, config.features), vlm)
+        if trained_path is not None:
+            model.load_trained(trained_path)
+        model.to(device)
+        model.eval()
+        logger.info("LLMSeg (%s preset) ready on %s", config.preset, device)
+        return model
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", device: str = "cpu", **weights: str) -> "LLMSeg":
+        """The named preset; keyword arguments override its weight paths."""
+        config = preset_config(preset)
+        for key, value in weights.items():
+            if not hasattr(config.weights, key):
+                raise ValueError(f"unknown weight setting {key!r}")
+            setattr(config.weights, key, value)
+        return cls.from_config(config, device=device)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what LLM-Seg trains (LoRA, trainable LLM modules, projections, fusion heads)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
+
+    def save_trained(self, folder: str | Path) -> None:
+        """Write the trained parts and the config used, as a folder for `weights.llmseg_weights`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state_dict(), str(folder / WEIGHTS_FILE))
+        self.config.save(folder / CONFIG_FILE)
+
+    def load_trained(self, folder: str | Path) -> None:
+        """Load what `save_trained` wrote; any missing or unexpected tensor is an error."""
+        path = Path(folder) / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"weights.llmseg_weights: {path} not found")
+        state = load_file(str(path))
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing, unexpected = expected - set(state), set(state) - set(self.state_dict())
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def release(self) -> None:
+        """Free the model's memory (GPU included) before the object is dropped."""
+        self.to("cpu")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def device(self) -> torch.device:
+        return self.fusion.mask_in.weight.device
+
+    # ---------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def prepare(self, image: np.ndarray) -> FrameFeatures:
+        """Everything that depends on the image only: proposals, mask embeddings, image tokens."""
+        check_image(image)
+        timings: dict[str, float] = {}
+        with timed(timings, "proposals"):
+            proposals = self.proposal_generator(image)
+        with timed(timings, "features"):
+            lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
+            patches = self.features.patch_features(self.features.preprocess(image))
+            embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0]
+        with timed(timings, "vision"):
+            image_features = self.vlm.image_features(self.vlm.pixel_values(image).to(self.device))
+        return FrameFeatures(
+            image_size=image.shape[:2],
+            proposals=proposals,
+            mask_embeddings=embeddings[: proposals.count],
+            image_features=image_features,
+            timings=timings,
+        )
+
+    @torch.inference_mode()
+    def query(self, frame: FrameFeatures, instruction: str) -> Result:
+        """Answer one instruction on a prepared frame."""
+        clean_instruction(instruction, self.config.vlm)
+        timings = dict(frame.timings)
+        with timed(timings, "llm"):
+            answer, seg = self.vlm.answer(frame.image_features, instruction)
+        count = frame.proposals.count
+        with timed(timings, "fusion"):
+            if count:
+                valid = torch.ones((1, count), dtype=torch.bool, device=self.device)
+                out = self.fusion(frame.mask_embeddings.unsqueeze(0), seg, valid)
+                iou = out.iou_logits[0].float().cpu().numpy()
+                iop = out.iop[0].float().cpu().numpy()
+            else:
+                iou = iop = np.zeros(0, np.float32)
+        with timed(timings, "selection"):
+            chosen = select_proposals(iou, iop, self.config.selection)
+            instances = frame.proposals.masks(chosen.indices)
+            mask = instances.any(axis=0) if len(instances) else np.zeros(frame.image_size, dtype=bool)
+        return Result(
+            mask=mask,
+            instance_masks=instances,
+            instance_scores=chosen.scores,
+            proposal_indices=chosen.indices,
+            iou_scores=iou,
+            iop_scores=iop,
+            answer=answer,
+            timings=timings,
+        )
+
+    def segment(self, image: np.ndarray, instruction: str) -> Result:
+        """prepare + query for a single question."""
+        return self.query(self.prepare(image), instruction)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, batch: dict) -> LossOutput:
+        """Training step on a batch from `llmseg_model.data.training.TrainingSet` (cached proposals).
+
+        batch: dino_pixels (B,3,S,S), llava_pixels (B,3,s,s), lowres (B,K,R,R), valid (B,K),
+        gt_iou (B,K), gt_iop (B,K), instructions list[str].
+        """
+        device = self.device
+        patches = self.features.patch_features(batch["dino_pixels"].to(device))
+        embeddings = self.features.pool(patches, batch["lowres"].to(device))
+        image_features = self.vlm.image_features(batch["llava_pixels"].to(device))
+        ce, seg = self.vlm(image_features, batch["instructions"])
+        valid = batch["valid"].to(device)
+        out = self.fusion(embeddings, seg, valid)
+        return llmseg_loss(
+            ce, out.iou_logits, out.iop, batch["gt_iou"].to(device), batch["gt_iop"].to(device), valid, self.config.loss
+        )
+
+
+__all__ = ["LLMSeg", "Proposals", "FrameFeatures", "Result"]

@@ -1,0 +1,59 @@
+"""Writes the base-weights folder of the tiny preset (SAM, DINOv2, LLaVA + tokenizer).
+
+`write_base_weights` is how the shipped tiny preset starts (with SAM and DINOv2 from
+`pretrain_tiny`), and how tests get a complete, untrained tiny model in a temporary folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Dinov2Config, Dinov2Model
+
+from llmseg_model.config import LLMSegConfig, WeightPaths, tiny_config
+from llmseg_model.proposals import build_sam
+from llmseg_model.tiny_llava import TinyLlavaConfig, build_tiny_llava, save_tiny_llava, train_tokenizer
+
+
+def tiny_dinov2_config() -> Dinov2Config:
+    """Sizes of the tiny DINOv2 (patch 16 on a 224 input: a 14x14 feature grid)."""
+    return Dinov2Config(
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        mlp_ratio=2,
+        patch_size=16,
+        image_size=224,
+    )
+
+
+def write_base_weights(folder: str | Path, seed: int = 0, config: LLMSegConfig | None = None,
+                       sam: bool = True, dinov2: bool = True, llava: bool = True) -> WeightPaths:
+    """Write randomly initialised tiny SAM / DINOv2 / LLaVA into `folder`; returns their paths.
+
+    The LLaVA tokenizer is trained on every text the procedural generator can emit.
+    """
+    from llmseg_model.data.procedural import vocabulary_texts
+
+    config = config or tiny_config()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    paths = WeightPaths(
+        sam_checkpoint=str(folder / "sam.safetensors"),
+        dinov2_path=str(folder / "dinov2"),
+        llava_path=str(folder / "llava"),
+        llmseg_weights=str(folder / "llmseg"),
+    )
+    if sam:
+        state = {k: v.contiguous() for k, v in build_sam(config.sam).state_dict().items()}
+        save_file(state, paths.sam_checkpoint)
+    if dinov2:
+        Dinov2Model(tiny_dinov2_config()).save_pretrained(paths.dinov2_path)
+    if llava:
+        tokenizer = train_tokenizer(vocabulary_texts(), config.vlm)
+        model, processor = build_tiny_llava(tokenizer, TinyLlavaConfig())
+        save_tiny_llava(paths.llava_path, model, tokenizer, processor)
+    return paths

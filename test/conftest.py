@@ -1,0 +1,34 @@
+"""Shared fixtures: an untrained but complete tiny model built from the real classes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from llmseg_model.config import LLMSegConfig, tiny_config
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_config(tmp_path_factory) -> LLMSegConfig:
+    """tiny_config() whose weight paths point at freshly written random base weights."""
+    from llmseg_model.tiny_weights import write_base_weights
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    config = tiny_config()
+    config.weights = write_base_weights(tmp_path_factory.mktemp("tiny_weights"), config=config)
+    # Random SAM predicts low IoU; let everything through so there are proposals to work with.
+    config.proposals.pred_iou_thresh = 0.0
+    config.proposals.stability_score_thresh = 0.0
+    config.proposals.points_per_side = 4
+    return config
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_model(untrained_tiny_config):
+    from llmseg_model.model import LLMSeg
+
+    return LLMSeg.from_config(untrained_tiny_config, load_trained=False)
