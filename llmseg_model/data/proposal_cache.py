@@ -1,0 +1,402 @@
+"""On-disk cache of SAM everything-mode proposals, so training never runs SAM in the loop.
+
+Layout: <root>/manifest.json records the SAM architecture, the proposal settings and the SAM
+weights the cache was made with; <root>/proposals/<hh>/<sha1 of key>.npz holds one image's
+`Proposals` (RLEs as JSON, low-res soft masks, areas, boxes, scores) plus the key and a
+fingerprint of the image pixels. Each file is written to a temporary name and renamed into place,
+so an interrupted precompute leaves only whole files and simply resumes.
+
+CLI: python -m llmseg_model.data.proposal_cache --cache-dir DIR --preset tiny --data SPEC [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, preset_config
+from llmseg_model.data.sample import SegSample
+from llmseg_model.proposals import Proposals, ProposalGenerator, build_sam
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+class CacheMismatchError(ValueError):
+    """The cache on disk was made with other settings than the ones asked for."""
+
+
+def image_key(source: str, image_id: str) -> str:
+    """The stable name of one image in the cache: data set name + image id."""
+    if not image_id:
+        raise ValueError("image_id must be non-empty to key the proposal cache")
+    return f"{source}:{image_id}"
+
+
+def image_fingerprint(image: np.ndarray) -> str:
+    """sha1 of an image's shape and pixels; catches a cache entry made from another image."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha1(repr((image.shape, image.dtype.str)).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def sam_fingerprint(sam: torch.nn.Module) -> str:
+    """sha256 of SAM's state dict (names, dtypes, shapes, values): the weights as loaded, so a
+    .pth and a .safetensors copy of one checkpoint agree and random weights are told apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sam.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_identity(sam: SamConfig, proposals: ProposalConfig, weights: str | None = None) -> dict[str, Any]:
+    """What a cache must agree on. Leave `weights` (a `sam_fingerprint`) out to accept any SAM
+    weights, e.g. when reading a cache made on another machine without SAM at hand."""
+    identity: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "sam": dataclasses.asdict(sam),
+        "proposals": dataclasses.asdict(proposals),
+    }
+    if weights is not None:
+        identity["sam_weights"] = weights
+    return identity
+
+
+def _json_normal(value: Any) -> Any:
+    """Tuples -> lists, so an identity compares equal to its JSON round trip."""
+    return json.loads(json.dumps(value))
+
+
+def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
+    if isinstance(expected, dict) and isinstance(found, dict):
+        out = []
+        for key in expected:
+            name = f"{prefix}.{key}" if prefix else key
+            if key not in found:
+                out.append(f"{name}: missing in cache (expected {expected[key]!r})")
+            else:
+                out += _differences(expected[key], found[key], name)
+        return out
+    return [] if expected == found else [f"{prefix}: cache has {_short(found)}, expected {_short(expected)}"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(file)` into a temporary sibling, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class ProposalCache:
+    """One folder of cached proposals, checked against the settings it is opened with.
+
+    With a `generator`, a missing manifest is created, SAM's weights are part of the identity and
+    `get` computes (and stores) what is missing. Without one the cache is read-only: it must exist,
+    and any SAM weights are accepted unless `weights` (a `sam_fingerprint`) is given. A manifest
+    that disagrees raises CacheMismatchError naming every differing setting.
+    `verify` checks each entry against the sample's pixels (one extra image load per lookup).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        sam: SamConfig,
+        proposals: ProposalConfig,
+        generator: ProposalGenerator | None = None,
+        weights: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.generator = generator
+        self.verify = verify
+        if generator is not None:
+            if asdict_normal(generator.config) != asdict_normal(proposals):
+                raise ValueError("the generator's ProposalConfig differs from the cache's proposals config")
+            if weights is None:
+                weights = sam_fingerprint(generator.sam)
+        expect = _json_normal(cache_identity(sam, proposals, weights))
+        manifest_path = self.root / MANIFEST
+        if manifest_path.is_file():
+            try:
+                self.manifest = json.loads(manifest_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{manifest_path}: unreadable proposal cache manifest ({err})") from err
+            diffs = _differences(expect, self.manifest)
+            if diffs:
+                raise CacheMismatchError(
+                    f"proposal cache {self.root} was made with other settings:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nuse another cache folder, or delete this one and precompute again"
+                )
+        elif generator is not None:
+            if self.root.exists() and any(not p.name.startswith(".") for p in self.root.iterdir()):
+                raise ValueError(f"{self.root} is not empty and has no {MANIFEST}; refusing to use it as a cache")
+            self.manifest = expect
+            text = json.dumps(expect, indent=2) + "\n"
+            _atomic_write(manifest_path, lambda f: f.write(text.encode()))
+            logger.info("created proposal cache %s", self.root)
+        else:
+            raise FileNotFoundError(
+                f"no proposal cache at {self.root} (missing {MANIFEST}); fill one first with "
+                "python -m llmseg_model.data.proposal_cache --cache-dir ... --data ..."
+            )
+
+    def path(self, source: str, image_id: str) -> Path:
+        digest = hashlib.sha1(image_key(source, image_id).encode()).hexdigest()
+        return self.root / "proposals" / digest[:2] / f"{digest}.npz"
+
+    def contains(self, source: str, image_id: str) -> bool:
+        return self.path(source, image_id).is_file()
+
+    def put(self, source: str, image_id: str, proposals: Proposals, image: np.ndarray | None = None) -> Path:
+        """Store one image's proposals atomically; `image` adds a pixel fingerprint for checks."""
+        data = proposals.to_dict()
+        arrays = {
+            "key": np.array(image_key(source, image_id)),
+            "fingerprint": np.array(image_fingerprint(image) if image is not None else ""),
+            "rles": np.array(json.dumps(data["rles"])),
+            "lowres": np.asarray(data["lowres"], np.float16),
+            "areas": np.asarray(data["areas"], np.int64),
+            "boxes": np.asarray(data["boxes"], np.float32).reshape(-1, 4),
+            "sam_scores": np.asarray(data["sam_scores"], np.float32),
+            "image_size": np.asarray(data["image_size"], np.int64),
+        }
+        path = self.path(source, image_id)
+        _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        return path
+
+    def lookup(self, source: str, image_id: str, image: np.ndarray | None = None) -> Proposals | None:
+        """The cached proposals, or None when the image was never computed.
+
+        With `image`, the entry must have been made from these very pixels: a stale or aliased
+        entry is a ValueError, never a silently wrong answer."""
+        path = self.path(source, image_id)
+        if not path.is_file():
+            return None
+        key = image_key(source, image_id)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                stored = {name: data[name] for name in data.files}
+            rles = json.loads(str(stored["rles"]))
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+            raise ValueError(f"corrupt proposal cache file {path} ({err}); delete it and precompute again") from err
+        if str(stored["key"]) != key:
+            raise ValueError(f"proposal cache file {path} holds {str(stored['key'])!r}, not {key!r}")
+        fingerprint = str(stored["fingerprint"])
+        if image is not None and fingerprint and fingerprint != image_fingerprint(image):
+            raise ValueError(
+                f"proposal cache entry {key!r} in {self.root} was made from a different image: the data set "
+                "changed (e.g. another procedural seed or image size); use one cache folder per data set version"
+            )
+        return Proposals.from_dict(
+            {
+                "rles": rles,
+                "lowres": stored["lowres"],
+                "areas": stored["areas"],
+                "boxes": stored["boxes"],
+                "sam_scores": stored["sam_scores"],
+                "image_size": stored["image_size"].tolist(),
+            }
+        )
+
+    def get(self, sample: SegSample, image: np.ndarray | None = None) -> Proposals:
+        """Proposals of a sample's image: from disk, else computed and stored (with a generator),
+        else a KeyError saying how to fill the cache."""
+        if image is None and (self.verify or (self.generator is not None and not self.contains(sample.source, sample.image_id))):
+            image = sample.load_image()
+        proposals = self.lookup(sample.source, sample.image_id, image if self.verify else None)
+        if proposals is not None:
+            return proposals
+        if self.generator is None:
+            raise KeyError(
+                f"no cached proposals for {image_key(sample.source, sample.image_id)!r} in {self.root}; "
+                "run python -m llmseg_model.data.proposal_cache for this data set first"
+            )
+        proposals = self.generator(image)
+        self.put(sample.source, sample.image_id, proposals, image)
+        return proposals
+
+
+def asdict_normal(config: Any) -> Any:
+    return _json_normal(dataclasses.asdict(config))
+
+
+@dataclass
+class PrecomputeStats:
+    computed: int = 0
+    skipped: int = 0  # already in the cache
+    failed: int = 0
+    other_shard: int = 0
+
+
+def _shard_of(key: str, num_shards: int) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % num_shards
+
+
+def precompute(
+    datasets: Sequence[Sequence[SegSample]],
+    cache: ProposalCache,
+    shard: tuple[int, int] = (0, 1),
+    skip_errors: bool = False,
+    progress: bool = True,
+) -> PrecomputeStats:
+    """Compute proposals for every image of the data sets that the cache lacks.
+
+    Images shared by several samples are computed once. `shard=(i, n)` keeps the images whose key
+    hashes to i mod n, so n processes (one per GPU) can fill one cache side by side.
+    """
+    if cache.generator is None:
+        raise ValueError("precompute needs a ProposalCache opened with a generator")
+    index, num_shards = shard
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    stats = PrecomputeStats()
+    seen: set[str] = set()
+    total = sum(len(d) for d in datasets)
+    with tqdm(total=total, desc="proposals", unit="sample", disable=not progress) as bar:
+        for dataset in datasets:
+            for i in range(len(dataset)):
+                bar.update(1)
+                sample = dataset[i]
+                key = image_key(sample.source, sample.image_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if _shard_of(key, num_shards) != index:
+                    stats.other_shard += 1
+                    continue
+                if cache.contains(sample.source, sample.image_id):
+                    stats.skipped += 1
+                    continue
+                try:
+                    image = sample.load_image()
+                    proposals = cache.generator(image)
+                except Exception as err:
+                    if not skip_errors:
+                        raise RuntimeError(f"proposals for {key!r} failed: {err}") from err
+                    logger.error("proposals for %r failed: %s", key, err)
+                    stats.failed += 1
+                    continue
+                cache.put(sample.source, sample.image_id, proposals, image)
+                stats.computed += 1
+                bar.set_postfix(computed=stats.computed, cached=stats.skipped)
+    logger.info("proposal cache %s: %s", cache.root, stats)
+    return stats
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m llmseg_model.data.proposal_cache",
+        description="Precompute SAM everything-mode proposals into a resumable on-disk cache.",
+    )
+    parser.add_argument(
+        "--train-config",
+        help="training YAML: take the preset, model overrides, data sets and cache folder from it",
+    )
+    parser.add_argument("--cache-dir", help="cache folder (created if missing)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="data set, repeatable: reasonseg:DIR | llmseg40k:JSON,image_root=DIR[,image_dir.SRC=DIR] "
+        "| procedural:SPLIT,size=N (options: limit=N)",
+    )
+    parser.add_argument("--preset", default="tiny", help="model preset whose SAM and proposal settings to use")
+    parser.add_argument("--config", help="LLMSegConfig JSON file; replaces the preset")
+    parser.add_argument("--sam-checkpoint", help="SAM weights (default: the config's weights.sam_checkpoint)")
+    parser.add_argument(
+        "--random-sam-weights",
+        action="store_true",
+        help="randomly initialised SAM (seeded by --seed); for timing and tests only",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-sam-weights")
+    parser.add_argument("--device", default="cpu", help="torch device for SAM, e.g. cuda or cuda:1")
+    parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="I/N", help="process shard I of N")
+    parser.add_argument("--skip-errors", action="store_true", help="log and skip images that fail")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> PrecomputeStats:
+    from llmseg_model.data.mixing import DatasetSpec, build_dataset
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    specs = [DatasetSpec.parse(text) for text in args.data]
+    cache_dir = args.cache_dir
+    if args.train_config:
+        from llmseg_model.train import TrainConfig
+
+        train_config = TrainConfig.from_yaml(args.train_config)
+        config = train_config.model_config()
+        specs = specs or list(train_config.datasets)
+        cache_dir = cache_dir or train_config.cache_dir
+    else:
+        config = LLMSegConfig.load(args.config) if args.config else preset_config(args.preset)
+    if not cache_dir:
+        parser.error("give --cache-dir (or --train-config)")
+    if not specs:
+        parser.error("give at least one --data SPEC (or --train-config)")
+    if args.random_sam_weights:
+        checkpoint = None
+        torch.manual_seed(args.seed)
+    else:
+        checkpoint = args.sam_checkpoint or config.weights.sam_checkpoint
+        if not checkpoint:
+            parser.error("no SAM weights: pass --sam-checkpoint (or set weights.sam_checkpoint in the config)")
+        if not Path(checkpoint).is_file():
+            parser.error(f"SAM checkpoint not found: {checkpoint} (set --sam-checkpoint)")
+    sam = build_sam(config.sam, checkpoint).to(args.device)
+    cache = ProposalCache(cache_dir, config.sam, config.proposals, generator=ProposalGenerator(sam, config.proposals))
+    datasets = [build_dataset(spec) for spec in specs]
+    stats = precompute(datasets, cache, args.shard, args.skip_errors, progress=not args.no_progress)
+    logger.info("done: %s", json.dumps(dataclasses.asdict(stats)))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
