@@ -81,6 +81,18 @@ def test_flat_image_root(split, tmp_path):
         data[2].load_image()
 
 
+def test_image_path_field_as_datagen_writes_it(split, tmp_path):
+    path, _ = split
+    raw = json.loads(path.read_text())
+    raw["000000000139.jpg"]["image_path"] = "train2017/000000000139.jpg"
+    raw["000000000139.jpg"]["bucket"] = "simple"
+    path.write_text(json.dumps(raw))
+    data = LLMSeg40KDataset(path, image_root=tmp_path, image_dirs={"coco": "coco", "ego_objects": "ego"})
+    assert data.image_path(data.records[0]) == tmp_path / "coco" / "train2017" / "000000000139.jpg"
+    assert data[1].load_image().shape == (20, 30, 3)
+    assert data[2].load_image().shape == (16, 12, 3)
+
+
 def test_bad_input_is_a_clear_error(split, tmp_path):
     path, _ = split
     with pytest.raises(ValueError, match="image_root or image_dirs"):

@@ -4,7 +4,9 @@ Every qa pair is {"question", "answer", "rle_seg"} where rle_seg is a COCO RLE (
 "counts": str or list}) of the target. Images come from COCO 2017 and EgoObjects; where they live
 is configurable: `image_root` alone (every image directly under it), or `image_dirs` mapping each
 `from_dataset` value to a folder (relative folders are taken under `image_root`), as LLM-Seg's
-own loader does with its coco / ego_objects image folders.
+own loader does with its coco / ego_objects image folders. An entry may also carry `image_path`
+(relative to that folder, as llmseg_model.datagen writes it, e.g. "train2017/xxx.jpg"); without
+it the image name is the file name.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class LLMSeg40KRecord:
 
     image_name: str
     from_dataset: str
+    rel_path: str  # below the image folder
     question: str
     answer: str
     rle: dict[str, Any]
@@ -68,6 +71,9 @@ def _records(data: Any, where: str) -> list[LLMSeg40KRecord]:
         from_dataset = entry.get("from_dataset", "")
         if not isinstance(from_dataset, str):
             raise ValueError(f"{at}: 'from_dataset' must be a string")
+        rel_path = entry.get("image_path", image_name)
+        if not isinstance(rel_path, str) or not rel_path:
+            raise ValueError(f"{at}: 'image_path' must be a non-empty string")
         for k, qa in enumerate(entry["qa_pairs"]):
             qa_at = f"{at}.qa_pairs[{k}]"
             if not isinstance(qa, dict):
@@ -81,7 +87,7 @@ def _records(data: Any, where: str) -> list[LLMSeg40KRecord]:
             rle = qa.get("rle_seg")
             if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
                 raise ValueError(f"{qa_at}: 'rle_seg' must be a COCO RLE with 'size' and 'counts'")
-            records.append(LLMSeg40KRecord(image_name, from_dataset, question.strip(), answer, rle))
+            records.append(LLMSeg40KRecord(image_name, from_dataset, rel_path, question.strip(), answer, rle))
     return records
 
 
@@ -123,7 +129,7 @@ class LLMSeg40KDataset(Sequence):
             base = self.image_root / folder  # an absolute folder replaces the root
         else:
             base = Path(folder)
-        return base / record.image_name
+        return base / record.rel_path
 
     def _load_image(self, record: LLMSeg40KRecord) -> np.ndarray:
         path = self.image_path(record)
