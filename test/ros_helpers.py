@@ -218,12 +218,13 @@ class RosClient:
         request.parameters = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
         return list(self.call(self.set_parameters_client, request).results)
 
-    def wait_connected(self, timeout: float = 30.0) -> None:
-        """Until the node's subscriptions and result publisher have matched ours."""
+    def wait_connected(self, timeout: float = 30.0, images: bool = True) -> None:
+        """Until the node's subscriptions (images too, unless remapped elsewhere) and result publisher match ours."""
         self.wait_for(
             lambda: self.instruction_pub.get_subscription_count() > 0
             and self.text_pub.get_subscription_count() > 0
-            and (self.image_pub.get_subscription_count() > 0 or self.compressed_pub.get_subscription_count() > 0)
+            and (not images or self.image_pub.get_subscription_count() > 0
+                 or self.compressed_pub.get_subscription_count() > 0)
             and self.node.count_publishers(self._resolved("result")) > 0,
             timeout,
             "the node's topics to match",

@@ -1,0 +1,71 @@
+"""Start the llmseg lifecycle node.
+
+    ros2 launch llmseg_ros segment.launch.py image:=/camera/color/image_raw
+    ros2 launch llmseg_ros segment.launch.py namespace:=robot1 preset:=paper params_file:=/path/my_params.yaml
+
+Launch arguments:
+    params_file  node parameters (default: the package's config/llmseg_node.yaml)
+    namespace    namespace of the node and its topics (default: none)
+    image        image topic to subscribe to, remapped onto the node's `image` (default: image)
+    preset       tiny | paper; overrides the params file's preset (default: "" = keep it)
+    autostart    configure and activate at start (default: true); false leaves it to a lifecycle manager
+    log_level    ROS log level (default: info)
+
+The node is a managed (lifecycle) node; with autostart it drives itself to active, otherwise use
+`ros2 lifecycle set /llmseg configure` and `... activate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+
+def default_params_file() -> str:
+    """The installed package's parameters, or this source tree's when run from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory("llmseg_ros")) / "config" / "llmseg_node.yaml")
+    except Exception:  # not installed (PackageNotFoundError) or no ament index at all
+        return str(Path(__file__).resolve().parents[1] / "config" / "llmseg_node.yaml")
+
+
+def node_actions(context, *args, **kwargs):
+    """Built at launch time so an empty `preset` can mean "keep the params file's"."""
+    preset = LaunchConfiguration("preset").perform(context)
+    autostart = LaunchConfiguration("autostart").perform(context).lower() in ("1", "true", "yes")
+    parameters = [LaunchConfiguration("params_file").perform(context), {"autostart": autostart}]
+    if preset:
+        parameters.append({"preset": preset})
+    return [
+        LifecycleNode(
+            package="llmseg_ros",
+            executable="llmseg_node",
+            name="llmseg",
+            namespace=LaunchConfiguration("namespace"),
+            parameters=parameters,
+            remappings=[("image", LaunchConfiguration("image"))],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("params_file", default_value=default_params_file(), description="node parameters YAML"),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+            DeclareLaunchArgument("image", default_value="image", description="image topic, remapped onto `image`"),
+            DeclareLaunchArgument("preset", default_value="", description="tiny | paper; empty keeps the params file's"),
+            DeclareLaunchArgument("autostart", default_value="true", description="configure and activate at start"),
+            DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
+            OpaqueFunction(function=node_actions),
+        ]
+    )
