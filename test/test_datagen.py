@@ -159,6 +159,16 @@ def test_offline_end_to_end_writes_llmseg40k_splits(tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert saved["images"] == report["images"]
 
+    # the project's LLM-Seg40K reader consumes the files as written
+    from llmseg_model.data.llmseg40k import LLMSeg40KDataset
+
+    dataset = LLMSeg40KDataset(out / "train.json", image_root=tmp_path)
+    train_pairs = [qa for entry in splits["train"].values() for qa in entry["qa_pairs"]]
+    assert len(dataset) == len(train_pairs) > 0
+    for sample, qa in zip(dataset, train_pairs):
+        assert sample.texts == [qa["question"]]
+        assert np.array_equal(sample.load_mask().astype(bool), _decode(qa["rle_seg"]))
+
 
 def test_rerun_skips_finished_and_resumes_after_crash(tmp_path):
     annotations = write_tiny_lvis(tmp_path)
@@ -391,3 +401,21 @@ def test_egoobjects_boxes_through_sam_end_to_end(tmp_path):
                 x, y, w, h = boxes[object_id]
                 inside[max(0, int(y - 0.05 * h)) : int(np.ceil(y + 1.05 * h)), max(0, int(x - 0.05 * w)) : int(np.ceil(x + 1.05 * w))] = True
             assert not (mask & ~inside).any()  # SAM's mask stays in (a margin around) the prompt box
+
+
+def test_two_sources_with_one_image_name_is_an_error(tmp_path):
+    annotations = write_tiny_lvis(tmp_path)
+    config = offline_config(
+        tmp_path,
+        annotations,
+        sources=[{"kind": "lvis", "name": "a", "annotations": str(annotations)}, {"kind": "lvis", "name": "b", "annotations": str(annotations)}],
+    )
+    with pytest.raises(ValueError, match="both have an image named"):
+        Generator(config).run()
+
+
+@pytest.mark.parametrize("name", ["datagen.yaml", "datagen_offline.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = DatagenConfig.load(Path(__file__).resolve().parents[1] / "config" / name)
+    config.validate()
+    assert config.sources and config.backend.kind in ("openai", "offline")

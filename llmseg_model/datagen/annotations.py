@@ -251,7 +251,9 @@ def rle_area(rle: dict) -> int:
 def rle_to_json(rle: dict) -> dict:
     """RLE with str counts and a [H, W] list size, as LLM-Seg40K's `rle_seg` stores it."""
     counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -134,7 +134,9 @@ class OpenAIBackend:
                 if error.status_code in (408, 409) or error.status_code >= 500:
                     kind = f"http_{error.status_code}"
                 else:
-                    raise BackendError(f"{config.base_url} refused the request (HTTP {error.status_code}): {error.message}") from None
+                    raise BackendError(
+                        f"{config.base_url} refused the request (HTTP {error.status_code}): {error.message}"
+                    ) from None
             else:
                 if response.usage is not None:
                     result.prompt_tokens += response.usage.prompt_tokens or 0

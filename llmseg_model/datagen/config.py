@@ -198,7 +198,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise ValueError(f"{where}.{name}: expected a list, got {type(value).__name__}")
             (item,) = typing.get_args(hint)
-            kwargs[name] = [_build(item, v, f"{where}.{name}[{i}]") if dataclasses.is_dataclass(item) else v for i, v in enumerate(value)]
+            if dataclasses.is_dataclass(item):
+                value = [_build(item, v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
+            kwargs[name] = list(value)
         elif typing.get_origin(hint) is dict:
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{name}: expected a mapping, got {type(value).__name__}")

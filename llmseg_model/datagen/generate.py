@@ -34,7 +34,7 @@ from llmseg_model.datagen.annotations import (
     rle_to_json,
     segmentation_rle,
 )
-from llmseg_model.datagen.backends import Backend, Completion, TransientBackendError, build_backend
+from llmseg_model.datagen.backends import Backend, BackendError, Completion, TransientBackendError, build_backend
 from llmseg_model.datagen.config import DatagenConfig
 from llmseg_model.datagen.prompts import ResponseFormatError, build_messages, parse_response
 from llmseg_model.datagen.selection import ObjectPlan, Scene, build_scene, plan_objects
@@ -124,8 +124,13 @@ class Generator:
     def plan(self, done: dict) -> list[tuple[AnnotationSet, ImageRecord, ObjectPlan]]:
         """Images to process this run, in a seeded order, with quotas and resume applied."""
         planned = []
+        owners: dict[str, str] = {}
         for source in self.config.sources:
             annotation_set = load_annotation_set(source)
+            for image in annotation_set.images:  # split files are keyed by image name alone
+                other = owners.setdefault(image.name, source.dataset_name)
+                if other != source.dataset_name:
+                    raise ValueError(f"sources {other!r} and {source.dataset_name!r} both have an image named {image.name!r}")
             order = sorted(annotation_set.images, key=lambda im: im.id)
             random.Random(f"{self.config.seed}:{source.dataset_name}").shuffle(order)
             taken: Counter = Counter()
@@ -165,7 +170,11 @@ class Generator:
             if image.image_dir and not image.path.is_file():
                 return "missing_image"
             for obj in plan.objects:
-                obj.rle = segmentation_rle(obj.segmentation, image.height, image.width)
+                try:
+                    obj.rle = segmentation_rle(obj.segmentation, image.height, image.width)
+                except ValueError as error:  # one broken annotation drops its category, not the run
+                    logger.warning("%s/%s: annotation %d: %s", image.source, image.name, obj.id, error)
+                    obj.rle = None
         return build_scene(image, plan, annotation_set.categories, self.config.selection)
 
     # -- asking ----------------------------------------------------------------------------------
@@ -249,10 +258,13 @@ class Generator:
             result = future.result()  # a BackendError (bad key, unknown model) stops the run here
             self._record(result)
             bar.update(1)
-            bar.set_postfix(ok=self.report.images["accepted"], rejected=self.report.images["rejected"], failed=self.report.images["failed"])
+            counts = self.report.images
+            bar.set_postfix(ok=counts["accepted"], rejected=counts["rejected"], failed=counts["failed"])
         return pending
 
     def _record_unusable(self, image: ImageRecord, plan: ObjectPlan, reason: str) -> None:
+        for obj in plan.objects:
+            obj.rle = None
         self.report.image_rejections[reason] += 1
         if reason in ("missing_image", "image_size_mismatch"):
             self.report.images["skipped"] += 1  # a data problem the user may fix: retried next run
@@ -339,7 +351,10 @@ def _correction(messages: list[dict], reply: str | None, problem: str) -> list[d
     """The conversation so far plus the rejected reply and a request to fix it (first two turns kept)."""
     return messages[:2] + [
         {"role": "assistant", "content": (reply or "")[:4000]},
-        {"role": "user", "content": f"Your reply was rejected: {problem}. Follow the rules and reply with only the JSON object."},
+        {
+            "role": "user",
+            "content": f"Your reply was rejected: {problem}. Follow the rules and reply with only the JSON object.",
+        },
     ]
 
 
@@ -372,20 +387,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = DatagenConfig.load(args.config)
-    if args.output_dir:
-        config.output_dir = args.output_dir
-    if args.backend:
-        config.backend.kind = args.backend
-    if args.limit is not None:
-        config.limit = args.limit
-    if args.concurrency is not None:
-        config.backend.concurrency = args.concurrency
-    generator = Generator(config)
-    if args.dry_run:
-        dry_run(config, generator)
-        return 0
-    report = generator.run()
+    try:
+        config = DatagenConfig.load(args.config)
+        if args.output_dir:
+            config.output_dir = args.output_dir
+        if args.backend:
+            config.backend.kind = args.backend
+        if args.limit is not None:
+            config.limit = args.limit
+        if args.concurrency is not None:
+            config.backend.concurrency = args.concurrency
+        generator = Generator(config)
+        if args.dry_run:
+            dry_run(config, generator)
+            return 0
+        report = generator.run()
+    except (FileNotFoundError, ValueError, BackendError) as error:
+        logger.error("%s", error)
+        return 2
     print(json.dumps(report, indent=2))
     return 0
 

@@ -89,7 +89,9 @@ def build_splits(records: dict[tuple[str, str], dict]) -> dict[str, dict[str, di
         if record.get("status") != "ok" or not record.get("qa_pairs"):
             continue
         if image in owner:
-            raise ValueError(f"image name {image!r} is produced by both {owner[image]!r} and {source!r}; rename one source's files")
+            raise ValueError(
+                f"image name {image!r} is produced by both {owner[image]!r} and {source!r}; rename one source's files"
+            )
         owner[image] = source
         splits[record["split"]][image] = {
             "from_dataset": source,
