@@ -167,3 +167,20 @@ def test_cli_fills_and_resumes(tmp_path):
     with pytest.raises(SystemExit):
         pc.main(["--cache-dir", str(tmp_path / "x"), "--data", "procedural:test,size=1",
                  "--sam-checkpoint", str(tmp_path / "missing.safetensors")])
+
+
+def test_cli_takes_everything_from_a_training_config(tmp_path):
+    (tmp_path / "train.yaml").write_text(
+        f"""
+preset: tiny
+model:
+  proposals: {{pred_iou_thresh: 0.0, stability_score_thresh: 0.0, points_per_side: 4}}
+cache_dir: {tmp_path / 'cache'}
+datasets:
+  - {{kind: procedural, split: train, size: 1, procedural: {{height: 64, width: 64, instructions_per_scene: 2}}}}
+"""
+    )
+    stats = pc.main(["--train-config", str(tmp_path / "train.yaml"), "--random-sam-weights", "--no-progress"])
+    assert stats.computed == 1
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["proposals"]["points_per_side"] == 4
