@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, run, return the report."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -469,6 +470,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = run_benchmark(config)
     logger.info("\n%s", markdown_report(report))
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
+    try:
+        run_cli(argv)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        logger.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ SHIPPED = TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors"
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped tiny weights not in the package yet ({SHIPPED})")
 def test_cli_on_shipped_tiny_preset(tmp_path):
-    report = benchmark.main(
+    report = benchmark.run_cli(
         [
             "--config", str(REPO / "config" / "benchmark_tiny.yaml"),
             "--data", "procedural:test,size=5",

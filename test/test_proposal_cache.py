@@ -157,15 +157,15 @@ def test_cli_fills_and_resumes(tmp_path):
         "--data", "procedural:test,size=2,height=64,width=64,instructions_per_scene=2",
         "--no-progress",
     ]
-    stats = pc.main(argv)
+    stats = pc.run_cli(argv)
     assert (stats.computed, stats.skipped) == (2, 0)
-    assert pc.main(argv).skipped == 2
+    assert pc.run_cli(argv).skipped == 2
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["proposals"]["points_per_side"] == 4 and len(manifest["sam_weights"]) == 64
     data = build_dataset(DatasetSpec.parse("procedural:test,size=2,height=64,width=64,instructions_per_scene=2"))
     assert ProposalCache(tmp_path / "cache", config.sam, config.proposals).get(data[3]).image_size == (64, 64)
     with pytest.raises(SystemExit):
-        pc.main(["--cache-dir", str(tmp_path / "x"), "--data", "procedural:test,size=1",
+        pc.run_cli(["--cache-dir", str(tmp_path / "x"), "--data", "procedural:test,size=1",
                  "--sam-checkpoint", str(tmp_path / "missing.safetensors")])
 
 
@@ -180,7 +180,7 @@ datasets:
   - {{kind: procedural, split: train, size: 1, procedural: {{height: 64, width: 64, instructions_per_scene: 2}}}}
 """
     )
-    stats = pc.main(["--train-config", str(tmp_path / "train.yaml"), "--random-sam-weights", "--no-progress"])
+    stats = pc.run_cli(["--train-config", str(tmp_path / "train.yaml"), "--random-sam-weights", "--no-progress"])
     assert stats.computed == 1
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["proposals"]["points_per_side"] == 4

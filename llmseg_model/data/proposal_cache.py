@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> PrecomputeStats:
+def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
+    """Parse the command line, fill the cache, return the counts."""
     from llmseg_model.data.mixing import DatasetSpec, build_dataset
 
     parser = build_parser()
@@ -396,6 +397,15 @@ def main(argv: list[str] | None = None) -> PrecomputeStats:
     stats = precompute(datasets, cache, args.shard, args.skip_errors, progress=not args.no_progress)
     logger.info("done: %s", json.dumps(dataclasses.asdict(stats)))
     return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
+    try:
+        run_cli(argv)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        logger.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
