@@ -211,22 +211,30 @@ class LLMSeg(nn.Module):
         return self.query(self.prepare(image), instruction)
 
     # ---------------------------------------------------------------- training
+    @torch.no_grad()
+    def frozen_features(self, dino_pixels: torch.Tensor, llava_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs of the frozen backbones (DINOv2 patch map, LLaVA vision states) for a batch;
+        training may cache them per image since they never change."""
+        device = self.device
+        return self.features.patch_features(dino_pixels.to(device)), self.vlm.vision_states(llava_pixels.to(device))
+
     def forward(self, batch: dict) -> LossOutput:
         """Training step on a batch from `llmseg_model.data.training.TrainingSet` (cached proposals).
 
-        batch: dino_pixels (B,3,S,S), llava_pixels (B,3,s,s), lowres (B,K,R,R), valid (B,K),
-        gt_iou (B,K), gt_iop (B,K), instructions list[str].
+        batch: lowres (B,K,R,R), valid (B,K), gt_iou (B,K), gt_iop (B,K), instructions list[str], and
+        either dino_pixels (B,3,S,S) + llava_pixels (B,3,s,s) or their cached frozen features
+        dino_features (B,C,G,G) + vision_states (B,N,C).
         """
         device = self.device
-        patches = self.features.patch_features(batch["dino_pixels"].to(device))
+        if "dino_features" in batch:
+            patches, states = batch["dino_features"].to(device), batch["vision_states"].to(device)
+        else:
+            patches, states = self.frozen_features(batch["dino_pixels"], batch["llava_pixels"])
         embeddings = self.features.pool(patches, batch["lowres"].to(device))
-        image_features = self.vlm.image_features(batch["llava_pixels"].to(device))
+        image_features = self.vlm.image_features(vision_states=states)
         ce, seg = self.vlm(image_features, batch["instructions"])
         valid = batch["valid"].to(device)
         out = self.fusion(embeddings, seg, valid)
         return llmseg_loss(
             ce, out.iou_logits, out.iop, batch["gt_iou"].to(device), batch["gt_iop"].to(device), valid, self.config.loss
         )
-
-
-__all__ = ["LLMSeg", "Proposals", "FrameFeatures", "Result"]

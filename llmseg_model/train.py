@@ -54,6 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     init_from: str = ""  # a trained llmseg_weights folder to start from (fine-tuning)
+    memo_images: int = 20000  # images whose frozen-backbone outputs and targets stay in RAM (0: off)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -122,15 +123,27 @@ def train(config: TrainConfig) -> Path:
     cache = ProposalCache(config.cache_dir, model_config.sam, model_config.proposals, generator=model.proposal_generator)
 
     mixed = build_mixture(config.datasets, length=config.samples_per_epoch or None, seed=config.seed)
-    vlm = model.vlm
+    base = model  # the unwrapped model (accelerate may wrap `model` below)
+
+    def preprocess(image):
+        return base.features.preprocess(image)[0].cpu(), base.vlm.pixel_values(image)[0]
+
+    def frozen(image):
+        dino, vision = base.frozen_features(base.features.preprocess(image), base.vlm.pixel_values(image))
+        return dino[0].cpu(), vision[0].cpu()
+
+    memo = config.memo_images > 0
     dataset = TrainingSet(
         mixed,
         proposals_for=cache.get,
-        dino_preprocess=lambda image: model.features.preprocess(image)[0].cpu(),
-        llava_preprocess=lambda image: vlm.pixel_values(image)[0],
         top_k=model_config.proposals.top_k,
+        preprocess=None if memo else preprocess,
+        frozen=frozen if memo else None,
+        memo_items=config.memo_images,
         seed=config.seed,
     )
+    if memo and config.num_workers:
+        raise ValueError("memo_images keeps its memo in the main process: set num_workers: 0 (or memo_images: 0)")
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

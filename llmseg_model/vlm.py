@@ -76,15 +76,22 @@ class SegVLM(nn.Module):
         """(H, W, 3) uint8 -> LLaVA pixel values (1, 3, S, S)."""
         return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tower + projector: (B, 3, S, S) -> (B, N, hidden)."""
+    @torch.no_grad()
+    def vision_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen vision tower: (B, 3, S, S) -> the selected layer's patch states (B, N, C)."""
         cfg = self.base.config
-        out = self.base.model.get_image_features(
-            pixel_values=pixel_values.to(self.base.dtype),
-            vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        )
-        return torch.stack(list(out.pooler_output))
+        out = self.base.model.vision_tower(pixel_values.to(self.base.dtype), output_hidden_states=True, return_dict=True)
+        states = out.hidden_states[cfg.vision_feature_layer]
+        if cfg.vision_feature_select_strategy == "default":
+            states = states[:, 1:]  # drop CLS, as LLaVA does
+        return states
+
+    def image_features(self, pixel_values: torch.Tensor | None = None, vision_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Vision tower + trainable projector -> (B, N, hidden). Frozen states may be passed in
+        directly (training caches them per image)."""
+        if vision_states is None:
+            vision_states = self.vision_states(pixel_values)
+        return self.base.model.multi_modal_projector(vision_states)
 
     def prompt_ids(self, instruction: str, num_image_tokens: int) -> list[int]:
         """Token ids of the chat prompt with the single <image> placeholder expanded to N tokens."""
