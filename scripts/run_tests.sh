@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite, with the environment the ROS tests need (Fast DDS shared memory with segments
+# large enough for camera images, and a private ROS domain so parallel runs do not cross-talk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-'SHM?max_msg_size=4MB&sockets_size=16MB'}
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 100 ))}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec "$VENV/bin/python" -m pytest -q "$@"
