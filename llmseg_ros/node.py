@@ -53,8 +53,10 @@ IMAGE_QOS = QoSProfile(
     reliability=ReliabilityPolicy.BEST_EFFORT,
     durability=DurabilityPolicy.VOLATILE,
 )
-INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Deep enough that a burst of instructions (or of the QUEUE_FULL results it causes) is not
+# overwritten in the reliable history before it is acknowledged: each must get its own answer.
+INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DEBUG_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 # name -> (default, description). Defaults mirror config/llmseg_node.yaml.
@@ -67,6 +69,8 @@ CONFIGURE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "weights.llmseg_weights": ("", "folder with LLM-Seg's trained weights; empty = the preset's"),
     "proposals.top_k": (0, "K, the number of SAM proposals kept per frame; 0 = the preset's"),
     "proposals.points_per_side": (0, "SAM everything-mode point grid side; 0 = the preset's"),
+    "proposals.pred_iou_thresh": (-1.0, "SAM's predicted-IoU filter for proposals, [0, 1]; negative = the preset's"),
+    "proposals.stability_score_thresh": (-1.0, "SAM's stability-score filter, [0, 1]; negative = the preset's"),
     "lazy_model_load": (False, "build the model on the first instruction instead of in configure"),
     "image_transport": ("raw", "raw: sensor_msgs/Image on `image`; compressed: CompressedImage on `image/compressed`"),
     "max_queue": (4, "instructions waiting for the worker; more are answered QUEUE_FULL"),
@@ -103,6 +107,8 @@ def check_parameter(name: str, value: Any) -> str | None:
     if name in ("max_queue", "frame_buffer_size", "feature_cache_size", "selection.max_instances", "max_instruction_chars"):
         if value < 1:
             return f"{name} must be >= 1, got {value}"
+    if name in ("proposals.pred_iou_thresh", "proposals.stability_score_thresh") and not value <= 1.0:
+        return f"{name} must be in [0, 1] (or negative for the preset's), got {value}"
     if name == "selection.iop_threshold" and not 0.0 <= value <= 1.0:
         return f"selection.iop_threshold must be in [0, 1], got {value}"
     if name == "selection.fallback_min_iop" and not value >= 0.0:
@@ -219,6 +225,10 @@ class SegmentationNode(LifecycleNode):
         for key in ("top_k", "points_per_side"):
             value = self._parameter(f"proposals.{key}")
             if value:
+                setattr(config.proposals, key, value)
+        for key in ("pred_iou_thresh", "stability_score_thresh"):
+            value = self._parameter(f"proposals.{key}")
+            if value >= 0.0:
                 setattr(config.proposals, key, value)
         return config
 

@@ -1,0 +1,244 @@
+"""The llmseg node running the real tiny pipeline in its own process, driven over DDS.
+
+Two nodes: one with randomly initialised tiny weights (written by the shared conftest fixtures),
+which exercises every path through the model whatever the weights say (topic and service paths,
+several instructions on one frame, the queue bound, runtime thresholds, debug images, compressed
+input); and one with the shipped trained tiny weights, which must find the right object in a
+procedural scene it never saw.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+
+pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
+
+PREPARE_STAGES = {"proposals", "features", "vision"}
+QUERY_STAGES = {"llm", "fusion", "selection"}
+
+
+def status_of(result) -> str:
+    from llmseg_ros.node import status_name
+
+    return status_name(result.status)
+
+
+def as_mask(image_msg) -> np.ndarray:
+    from llmseg_ros.conversions import image_to_mask
+
+    return image_to_mask(image_msg)
+
+
+@pytest.fixture(scope="module")
+def untrained_node(ros_env, untrained_tiny_config, untrained_tiny_model, tmp_path_factory):
+    """A node on random tiny weights; every proposal is selected (iop_threshold 0) so results have instances."""
+    folder = tmp_path_factory.mktemp("untrained")
+    untrained_tiny_model.save_trained(folder / "llmseg")
+    weights = untrained_tiny_config.weights
+    params = {
+        "weights.sam_checkpoint": weights.sam_checkpoint,
+        "weights.dinov2_path": weights.dinov2_path,
+        "weights.llava_path": weights.llava_path,
+        "weights.llmseg_weights": str(folder / "llmseg"),
+        "proposals.points_per_side": 4,
+        "proposals.pred_iou_thresh": 0.0,
+        "proposals.stability_score_thresh": 0.0,
+        "selection.iop_threshold": 0.0,
+        "max_image_age": 0.0,
+    }
+    with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/untrained") as node, \
+            RosClient(namespace="/untrained") as client:
+        try:
+            client.wait_for_state("active", timeout=300)
+            client.wait_connected()
+        except TimeoutError:
+            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+        yield node, client
+
+
+def scene(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
+    """A few flat rectangles on a gradient: something for SAM to propose."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:] = np.linspace(40, 90, width, dtype=np.uint8)[None, :, None]
+    for _ in range(3):
+        y, x = rng.integers(0, height - 30), rng.integers(0, width - 30)
+        image[y : y + 25, x : x + 25] = rng.integers(0, 256, 3)
+    return image
+
+
+def check_answer(result, height: int, width: int) -> None:
+    assert status_of(result) == "OK", result.error
+    assert (result.mask.width, result.mask.height, result.mask.encoding) == (width, height, "mono8")
+    n = len(result.instance_ids)
+    assert n >= 1 and len(result.instance_masks) == len(result.instance_scores) == len(result.instance_iou_scores) == n
+    union = np.zeros((height, width), bool)
+    for instance in result.instance_masks:
+        union |= as_mask(instance)
+    np.testing.assert_array_equal(as_mask(result.mask), union)
+    assert isinstance(result.answer, str)
+
+
+def test_topic_path(untrained_node):
+    node, client = untrained_node
+    image = rgb_image(scene(), stamp=stamp_now(), frame_id="cam_optical")
+    # Send it as bgr8 with row padding, as many camera drivers do.
+    pixels = scene()[:, :, ::-1]
+    rows = np.concatenate([pixels.reshape(96, -1), np.zeros((96, 4), np.uint8)], axis=1)
+    image.encoding, image.step, image.data = "bgr8", rows.shape[1], rows.tobytes()
+    client.publish_image(image)
+    client.instruct("topic-1", "the red ball")
+    result = client.wait_result("topic-1", timeout=120)
+    check_answer(result, 96, 128)
+    assert result.header.frame_id == "cam_optical"
+    assert (result.header.stamp.sec, result.header.stamp.nanosec) == (image.header.stamp.sec, image.header.stamp.nanosec)
+    stages = {t.stage for t in result.timings}
+    assert PREPARE_STAGES | QUERY_STAGES | {"queue", "decode", "total"} <= stages
+    assert not result.frame_cached
+
+
+def test_several_instructions_cost_one_proposal_pass(untrained_node):
+    node, client = untrained_node
+    image = rgb_image(scene(seed=1))
+    client.publish_image(image)
+    texts = ["the red ball", "something I could roll", "the largest box"]
+    for i, text in enumerate(texts):
+        client.instruct(f"multi-{i}", text)
+    results = [client.wait_result(f"multi-{i}", timeout=120) for i in range(3)]
+    for result, text in zip(results, texts):
+        check_answer(result, 96, 128)
+        assert result.instruction_text == text
+        assert result.header.stamp == image.header.stamp
+    stages = [{t.stage for t in r.timings} for r in results]
+    assert not results[0].frame_cached and PREPARE_STAGES <= stages[0]
+    for result, stage_set in zip(results[1:], stages[1:]):
+        assert result.frame_cached
+        assert not PREPARE_STAGES & stage_set  # no proposal pass for these
+        assert QUERY_STAGES <= stage_set
+    time.sleep(0.5)
+    assert all(len(client.results[f"multi-{i}"]) == 1 for i in range(3))  # exactly one result each
+
+
+def test_service_with_own_image_and_latest_frame(untrained_node):
+    node, client = untrained_node
+    own = rgb_image(scene(64, 80, seed=2), frame_id="srv_cam")
+    result = client.segment("the blue box", image=own, instruction_id="srv-own", timeout=120)
+    assert result.instruction_id == "srv-own"
+    check_answer(result, 64, 80)
+    assert result.header.frame_id == "srv_cam"
+    latest = rgb_image(scene(seed=3))
+    client.publish_image(latest)
+    result = client.segment("the blue box", timeout=120)  # empty image: the latest frame
+    check_answer(result, 96, 128)
+    assert result.header.stamp == latest.header.stamp
+    assert result.instruction_id.startswith("srv-")
+
+
+def test_runtime_threshold_reaches_the_model(untrained_node):
+    node, client = untrained_node
+    client.publish_image(rgb_image(scene(seed=4)))
+    assert client.set_parameters(**{"selection.iop_threshold": 1.0})[0].successful
+    try:
+        client.instruct("strict", "the red ball")
+        strict = client.wait_result("strict", timeout=120)
+    finally:
+        assert client.set_parameters(**{"selection.iop_threshold": 0.0})[0].successful
+    assert status_of(strict) == "EMPTY"
+    assert not as_mask(strict.mask).any() and len(strict.instance_ids) == 0
+    client.instruct("loose", "the red ball")
+    check_answer(client.wait_result("loose", timeout=120), 96, 128)
+
+
+def test_mask_and_overlay_topics(untrained_node):
+    node, client = untrained_node
+    image = rgb_image(scene(seed=5), frame_id="overlay_cam")
+    client.publish_image(image)
+    client.instruct("debug-images", "the red ball")
+    result = client.wait_result("debug-images", timeout=120)
+    client.wait_for(lambda: any(m.header.frame_id == "overlay_cam" for m in client.masks), 10, "a mask image")
+    client.wait_for(lambda: any(m.header.frame_id == "overlay_cam" for m in client.overlays), 10, "an overlay image")
+    mask = next(m for m in client.masks if m.header.frame_id == "overlay_cam")
+    overlay = next(m for m in client.overlays if m.header.frame_id == "overlay_cam")
+    np.testing.assert_array_equal(as_mask(mask), as_mask(result.mask))
+    assert (overlay.encoding, overlay.width, overlay.height) == ("rgb8", 128, 96)
+
+
+def test_bounded_queue_answers_every_instruction(untrained_node):
+    node, client = untrained_node
+    client.publish_image(rgb_image(scene(seed=6)))
+    ids = [f"burst-{i}" for i in range(12)]
+    for instruction_id in ids:
+        client.instruct(instruction_id, "the red ball")
+    results = [client.wait_result(i, timeout=180) for i in ids]
+    statuses = [status_of(r) for r in results]
+    assert "QUEUE_FULL" in statuses, statuses  # max_queue is 4 and the worker is busy
+    assert "OK" in statuses
+    assert set(statuses) <= {"OK", "QUEUE_FULL"}
+    full = next(r for r in results if status_of(r) == "QUEUE_FULL")
+    assert "already queued" in full.error
+    time.sleep(0.5)
+    assert all(len(client.results[i]) == 1 for i in ids)
+
+
+def test_compressed_input_through_the_model(untrained_node):
+    """Reconfigure for CompressedImage (cleanup frees the model, configure loads it again)."""
+    node, client = untrained_node
+    assert client.change_state("deactivate") and client.change_state("cleanup")
+    assert client.set_parameters(image_transport="compressed")[0].successful
+    assert client.change_state("configure", timeout=300) and client.change_state("activate")
+    client.wait_connected()
+    buffer = io.BytesIO()
+    PILImage.fromarray(scene(seed=7)).save(buffer, format="PNG")
+    from sensor_msgs.msg import CompressedImage
+
+    msg = CompressedImage(format="png", data=buffer.getvalue())
+    msg.header.stamp, msg.header.frame_id = stamp_now(), "compressed_cam"
+    client.publish_image(msg)
+    client.instruct("compressed", "the red ball")
+    result = client.wait_result("compressed", timeout=120)
+    check_answer(result, 96, 128)
+    assert result.header.frame_id == "compressed_cam"
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped tiny weights
+
+
+def shipped_weights_present() -> bool:
+    from llmseg_model.config import TINY_WEIGHTS_DIR
+
+    return (TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors").is_file()  # llmseg_model.model.WEIGHTS_FILE
+
+
+@pytest.mark.skipif(
+    not shipped_weights_present(),
+    reason="the trained tiny weights (llmseg_model/weights/tiny/llmseg/llmseg.safetensors) are not in this checkout",
+)
+def test_correct_mask_for_a_synthetic_scene(ros_env, tmp_path):
+    """The default node (tiny preset, shipped weights) finds the target of a held-out procedural scene."""
+    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
+
+    sample = generate_scene(ProceduralConfig(), (12345, 2, 0))  # a seed no training split uses
+    instruction = next(i for i in sample.instructions if i.kind == "attribute" and len(i.targets) == 1)
+    target = sample.target_mask(instruction.targets).astype(bool)
+    with NodeProcess(ros_env, tmp_path / "node.log", namespace="/trained") as node, \
+            RosClient(namespace="/trained") as client:
+        try:
+            client.wait_for_state("active", timeout=300)
+            client.wait_connected()
+        except TimeoutError:
+            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+        client.publish_image(rgb_image(sample.image))
+        client.instruct("scene", instruction.text)
+        result = client.wait_result("scene", timeout=120)
+    assert status_of(result) == "OK", f"{result.error} (instruction {instruction.text!r})"
+    mask = as_mask(result.mask)
+    iou = (mask & target).sum() / max((mask | target).sum(), 1)
+    assert iou >= 0.5, f"IoU {iou:.2f} for {instruction.text!r}"
