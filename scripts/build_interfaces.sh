@@ -5,7 +5,7 @@
 # Used by `make setup` after `pip install`. Idempotent: re-running only rebuilds what changed.
 # Under a real ROS 2 install use colcon instead (docs/ros.md); this script is not needed there.
 #
-#   scripts/build_interfaces.sh            # python: $PYTHON, else $VIRTUAL_ENV, else .venv, else python3
+#   scripts/build_interfaces.sh     # python: $PYTHON, else $VENV/bin/python, else $VIRTUAL_ENV, else .venv, else python3
 #   PYTHON=/path/to/python scripts/build_interfaces.sh
 set -euo pipefail
 
@@ -14,7 +14,9 @@ src="$repo/llmseg_interfaces"
 build="$repo/build/llmseg_interfaces"
 
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
+  if [[ -n "${VENV:-}" && -x "$VENV/bin/python" ]]; then
+    PYTHON="$(cd "$VENV" && pwd)/bin/python"
+  elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
     PYTHON="$VIRTUAL_ENV/bin/python"
   elif [[ -x "$repo/.venv/bin/python" ]]; then
     PYTHON="$repo/.venv/bin/python"
