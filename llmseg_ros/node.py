@@ -43,6 +43,7 @@ from llmseg_interfaces.msg import Instruction, SegmentationResult, StageTiming
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_ros import conversions
+from llmseg_ros.worker import Worker
 
 NODE_NAME = "llmseg"
 
@@ -94,8 +95,33 @@ STARTUP_PARAMETERS: dict[str, tuple[Any, str]] = {
 }
 
 
+PARAMETER_DEFAULTS = {
+    name: default
+    for table in (CONFIGURE_PARAMETERS, RUNTIME_PARAMETERS, STARTUP_PARAMETERS)
+    for name, (default, _) in table.items()
+}
+
+
+def coerce_parameter(name: str, value: Any) -> Any:
+    """The value as its parameter's type (an integer is fine for a float); ValueError otherwise.
+
+    Parameters are declared dynamically typed so that `iop_threshold: 1` in a YAML file is read as
+    1.0 instead of killing the node at start; the types are checked here instead.
+    """
+    expected = type(PARAMETER_DEFAULTS[name])
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{name} must be a {expected.__name__}, got {value!r}")
+
+
 def check_parameter(name: str, value: Any) -> str | None:
     """Why a parameter value is unacceptable, or None when it is fine."""
+    try:
+        value = coerce_parameter(name, value)
+    except ValueError as error:
+        return str(error)
     if name == "preset" and value not in ("tiny", "paper"):
         return f"preset must be 'tiny' or 'paper', got {value!r}"
     if name == "device" and not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", value):
@@ -166,10 +192,13 @@ class SegmentationNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for table in (CONFIGURE_PARAMETERS, RUNTIME_PARAMETERS, STARTUP_PARAMETERS):
             for name, (default, description) in table.items():
-                self.declare_parameter(name, default, ParameterDescriptor(description=description))
+                self.declare_parameter(
+                    name, default, ParameterDescriptor(description=description, dynamic_typing=True)
+                )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._lock = threading.Lock()  # guards _frames and _runtime between executor and worker threads
+        # Validated on configure; until then a bad value from the params file is kept as given.
         self._runtime = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS}
         self._frames: collections.deque[Frame] = collections.deque(maxlen=1)
         self._frame_seq = itertools.count()
@@ -205,15 +234,16 @@ class SegmentationNode(LifecycleNode):
         with self._lock:
             for parameter in parameters:
                 if parameter.name in self._runtime:
-                    self._runtime[parameter.name] = parameter.value
+                    self._runtime[parameter.name] = coerce_parameter(parameter.name, parameter.value)
         return SetParametersResult(successful=True)
 
     def _parameter(self, name: str) -> Any:
+        """A parameter's value, checked and of its declared type; ValueError naming it otherwise."""
         value = self.get_parameter(name).value
         error = check_parameter(name, value)
         if error:
             raise ValueError(error)
-        return value
+        return coerce_parameter(name, value)
 
     def model_config(self) -> LLMSegConfig:
         """The model config the parameters describe: the preset with the given overrides."""
@@ -236,14 +266,17 @@ class SegmentationNode(LifecycleNode):
     @logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            for name in itertools.chain(CONFIGURE_PARAMETERS, RUNTIME_PARAMETERS):
+            runtime = {name: self._parameter(name) for name in RUNTIME_PARAMETERS}
+            for name in CONFIGURE_PARAMETERS:
                 self._parameter(name)
             self._config = self.model_config()
         except ValueError as error:
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self._runtime = runtime
         self._model_error = None
-        if not self.get_parameter("lazy_model_load").value:
+        if not self._parameter("lazy_model_load"):
             try:
                 self._model = self._build_model()
             except Exception as error:  # a missing weight path, a bad checkpoint, an unusable device
@@ -251,9 +284,7 @@ class SegmentationNode(LifecycleNode):
                 self._model = None
                 return TransitionCallbackReturn.FAILURE
 
-        from llmseg_ros.worker import Worker
-
-        self._frames = collections.deque(maxlen=self.get_parameter("frame_buffer_size").value)
+        self._frames = collections.deque(maxlen=self._parameter("frame_buffer_size"))
         self._feature_cache.clear()
         self._outputs = {
             "result": self.create_publisher(SegmentationResult, "result", RESULT_QOS),
@@ -261,7 +292,7 @@ class SegmentationNode(LifecycleNode):
             "overlay": self.create_publisher(Image, "overlay", DEBUG_IMAGE_QOS),
         }
         self._service = self.create_service(Segment, "segment", self._on_segment, callback_group=self._service_group)
-        self._worker = Worker(self._process, self.get_parameter("max_queue").value)
+        self._worker = Worker(self._process, self._parameter("max_queue"))
         self._configured = True
         self.get_logger().info(
             f"configured: preset {self._config.preset}, K={self._config.proposals.top_k}, "
@@ -271,7 +302,7 @@ class SegmentationNode(LifecycleNode):
 
     @logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self.get_parameter("image_transport").value == "compressed":
+        if self._parameter("image_transport") == "compressed":
             topic = self.resolve_topic_name("image") + "/compressed"
             image_sub = self.create_subscription(
                 CompressedImage, topic, self._on_image, IMAGE_QOS, callback_group=self._image_group
@@ -323,6 +354,11 @@ class SegmentationNode(LifecycleNode):
         self._active = False
         self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Stop taking work and free everything (for process exit, whatever the lifecycle state)."""
+        self._active = False
+        self._release()
 
     def _release(self) -> None:
         """Stop the worker, answer what it never ran, drop publishers and free the model's memory."""
@@ -411,7 +447,8 @@ class SegmentationNode(LifecycleNode):
         if status is None:
             if self._worker is not None and self._worker.submit(job):
                 return
-            status, error = SegmentationResult.QUEUE_FULL, f"{self.get_parameter('max_queue').value} instructions already queued"
+            queued = self._worker.max_queue if self._worker is not None else 0
+            status, error = SegmentationResult.QUEUE_FULL, f"{queued} instructions already queued"
         self._reply(job, self._status(job, status, error))
 
     def _precheck(self, job: Job) -> tuple[int | None, str]:
@@ -474,7 +511,7 @@ class SegmentationNode(LifecycleNode):
             timings.update(features.timings)
             if frame.seq is not None:
                 self._feature_cache[frame.seq] = (features, rgb)
-                while len(self._feature_cache) > self.get_parameter("feature_cache_size").value:
+                while len(self._feature_cache) > self._parameter("feature_cache_size"):
                     self._feature_cache.popitem(last=False)
 
         selection = model.config.selection
@@ -592,9 +629,13 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = SegmentationNode()
         # Service calls block an executor thread each while they wait; the queue bound caps them.
-        executor = MultiThreadedExecutor(num_threads=node.get_parameter("max_queue").value + 4)
+        queue = node.get_parameter("max_queue").value
+        executor = MultiThreadedExecutor(num_threads=(queue if isinstance(queue, int) and queue > 0 else 4) + 4)
         executor.add_node(node)
-        if node.get_parameter("autostart").value:
+        autostart = node.get_parameter("autostart").value
+        if check_parameter("autostart", autostart):
+            node.get_logger().error(f"{check_parameter('autostart', autostart)}; not starting by itself")
+        elif autostart:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
             else:
@@ -604,8 +645,7 @@ def main(args: list[str] | None = None) -> int:
         pass
     finally:
         if node is not None:
-            node._active = False
-            node._release()
+            node.close()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -234,3 +234,20 @@ def test_configure_fails_cleanly_without_weights(ros_env, tmp_path):
         assert not client.change_state("configure")  # and fails again, cleanly
         assert client.state() == "unconfigured"
     assert node.process.returncode == 0
+
+
+def test_bad_parameter_file_value_fails_configure_then_recovers(ros_env, tmp_path):
+    """A bad value from the command line / params file fails configure with its reason; an integer
+    where a float is expected is fine; after fixing the value, configure succeeds."""
+    params = {"lazy_model_load": True, "selection.iop_threshold": 1, "max_image_age": -3.0}
+    with NodeProcess(ros_env, tmp_path / "node.log", params=params, namespace="/bad_params") as node, \
+            RosClient(namespace="/bad_params") as client:
+        client.wait_for(lambda: "configure failed" in node.log(), 60, "the configure error in the log")
+        assert "max_image_age must be >= 0" in node.log()
+        assert client.state() == "unconfigured"
+        assert client.set_parameters(max_image_age=1.5)[0].successful
+        assert client.change_state("configure") and client.change_state("activate")
+        client.wait_connected()
+        client.instruct("after-fix", "")
+        assert status_of(client.wait_result("after-fix")) == "BAD_INSTRUCTION"
+    assert node.process.returncode == 0
