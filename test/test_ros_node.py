@@ -6,11 +6,8 @@ depends on trained weights; configure's failure on missing weights is tested wit
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image as PILImage
 
 from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
 
@@ -192,7 +189,9 @@ def test_compressed_transport_after_reconfigure(lazy_node, tmp_path):
     assert client.change_state("activate")
     client.wait_connected()
     try:
-        broken = __import__("sensor_msgs.msg", fromlist=["CompressedImage"]).CompressedImage(format="jpeg")
+        from sensor_msgs.msg import CompressedImage
+
+        broken = CompressedImage(format="jpeg")
         broken.header.stamp = stamp_now()
         broken.data = b"\xff\xd8 definitely not a jpeg"
         client.publish_image(broken)
