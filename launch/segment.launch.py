@@ -50,7 +50,7 @@ def node_actions(context, *args, **kwargs):
             namespace=LaunchConfiguration("namespace"),
             parameters=parameters,
             remappings=[("image", LaunchConfiguration("image"))],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            ros_arguments=["--log-level", LaunchConfiguration("log_level")],
             output="screen",
             emulate_tty=True,
         )
