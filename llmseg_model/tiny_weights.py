@@ -57,3 +57,25 @@ def write_base_weights(folder: str | Path, seed: int = 0, config: LLMSegConfig |
         model, processor = build_tiny_llava(tokenizer, TinyLlavaConfig())
         save_tiny_llava(paths.llava_path, model, tokenizer, processor)
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description="Write the tiny preset's untrained base weights.")
+    parser.add_argument("--out", required=True, help="folder (e.g. llmseg_model/weights/tiny)")
+    parser.add_argument("--parts", default="sam,dinov2,llava", help="comma list of sam, dinov2, llava")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"sam", "dinov2", "llava"}
+    if unknown:
+        parser.error(f"unknown part(s) {sorted(unknown)}")
+    write_base_weights(args.out, seed=args.seed, sam="sam" in parts, dinov2="dinov2" in parts, llava="llava" in parts)
+    logging.getLogger(__name__).info("wrote %s to %s", sorted(parts), args.out)
+
+
+if __name__ == "__main__":
+    main()

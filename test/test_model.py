@@ -1,0 +1,72 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from llmseg_model.config import LLMSegConfig, paper_config, tiny_config
+from llmseg_model.model import LLMSeg
+from llmseg_model.data.procedural import ProceduralDataset
+
+
+def test_prepare_once_query_many(untrained_tiny_model):
+    scene = ProceduralDataset("val", 1).scene(0)
+    frame = untrained_tiny_model.prepare(scene.image)
+    assert frame.proposals.count > 0 and frame.mask_embeddings.shape[0] == frame.proposals.count
+    assert set(frame.timings) == {"proposals", "features", "vision"}
+    for instruction in scene.instructions[:2]:
+        result = untrained_tiny_model.query(frame, instruction.text)
+        assert result.mask.shape == scene.image.shape[:2] and result.mask.dtype == bool
+        assert result.iop_scores.shape == (frame.proposals.count,)
+        assert {"proposals", "llm", "fusion", "selection"} <= set(result.timings)
+        if not result.empty:
+            assert np.array_equal(result.mask, result.instance_masks.any(0))
+
+
+def test_selection_threshold_is_live(untrained_tiny_model):
+    scene = ProceduralDataset("val", 1).scene(0)
+    frame = untrained_tiny_model.prepare(scene.image)
+    selection = untrained_tiny_model.config.selection
+    old = selection.iop_threshold
+    try:
+        selection.iop_threshold = 0.0
+        everything = untrained_tiny_model.query(frame, "the red ball")
+        selection.iop_threshold = 0.999999
+        nothing = untrained_tiny_model.query(frame, "the red ball")
+    finally:
+        selection.iop_threshold = old
+    assert len(everything.proposal_indices) == frame.proposals.count
+    assert nothing.empty and not nothing.mask.any()
+
+
+def test_bad_inputs_raise_value_errors(untrained_tiny_model):
+    frame = untrained_tiny_model.prepare(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError):
+        untrained_tiny_model.query(frame, "   ")
+    with pytest.raises(ValueError):
+        untrained_tiny_model.prepare(np.zeros((64, 64), np.uint8))
+
+
+def test_save_and_load_trained_round_trip(untrained_tiny_model, tmp_path):
+    untrained_tiny_model.save_trained(tmp_path / "w")
+    state = untrained_tiny_model.trainable_state_dict()
+    assert any("lora_A" in k for k in state) and any(k.startswith("fusion.") for k in state)
+    assert not any(k.startswith(("sam.", "features.dinov2.")) for k in state)
+    untrained_tiny_model.load_trained(tmp_path / "w")
+    assert LLMSegConfig.load(tmp_path / "w" / "llmseg_config.json").preset == "tiny"
+
+
+def test_missing_weights_name_the_setting(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights.sam_checkpoint"):
+        LLMSeg.from_config(paper_config())
+    config = paper_config(sam_checkpoint=str(tmp_path / "nope.pth"))
+    with pytest.raises(FileNotFoundError, match="weights.sam_checkpoint .* does not exist"):
+        LLMSeg.from_config(config)
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = tiny_config()
+    again = LLMSegConfig.from_dict(config.to_dict())
+    assert dataclasses.asdict(again) == dataclasses.asdict(config)
+    with pytest.raises(ValueError, match="unknown setting"):
+        LLMSegConfig.from_dict({"fusion": {"depht": 3}})
