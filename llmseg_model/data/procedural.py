@@ -520,6 +520,12 @@ def _choose(candidates: dict[str, list[Instruction]], config: ProceduralConfig, 
     return chosen
 
 
+def render_scene(config: ProceduralConfig, seed: Sequence[int] | int) -> Scene:
+    """A scene without instructions (cheaper), for pretraining the backbones."""
+    image, masks, objects = _render(config, np.random.default_rng(np.random.SeedSequence(seed)))
+    return Scene(image=image, masks=masks, objects=objects)
+
+
 def generate_scene(config: ProceduralConfig, seed: Sequence[int] | int) -> Scene:
     """One scene with exactly config.instructions_per_scene instructions, a pure function of seed."""
     root = np.random.SeedSequence(seed)
