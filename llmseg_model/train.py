@@ -54,6 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     init_from: str = ""  # a trained llmseg_weights folder to start from (fine-tuning)
+    cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 avoids OpenMP thrashing on busy small machines
     memo_images: int = 20000  # images whose frozen-backbone outputs and targets stay in RAM (0: off)
 
     @classmethod
@@ -112,6 +113,8 @@ def train(config: TrainConfig) -> Path:
         precision = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision)
     set_seed(config.seed)
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config()

@@ -174,7 +174,9 @@ def build_dataset(spec: DatasetSpec) -> Sequence[SegSample]:
             config = ProceduralConfig(**overrides)
         except TypeError as err:
             raise ValueError(f"procedural data set: bad setting ({err})") from None
-        dataset = ProceduralDataset(spec.split, spec.size, config)
+        # Keep every scene (about 0.6 MB each, up to 2000): samples of one scene come in random
+        # order during training, and re-rendering a scene per sample costs more than holding it.
+        dataset = ProceduralDataset(spec.split, spec.size, config, cache_size=min(spec.size, 2000))
     return Subset(dataset, spec.limit) if spec.limit else dataset
 
 

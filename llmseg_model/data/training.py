@@ -77,24 +77,21 @@ class TrainingSet(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         instruction = self.rng.choice(sample.texts)
+        part, proposals = self._image_part(sample, None)
         target_key = (f"{sample.source}:{sample.image_id}", "\n".join(sample.texts))
-        image = None
-        if target_key not in self.target_memo:
-            image = sample.load_image()
-        part, proposals = self._image_part(sample, image)
         if target_key in self.target_memo:
             gt_iou, gt_iop = self.target_memo[target_key]
         else:
-            gt_iou, gt_iop = self._targets(sample, image, proposals)
+            gt_iou, gt_iop = self._targets(sample, proposals)
             if self.memo_items and len(self.target_memo) < 8 * self.memo_items:
                 self.target_memo[target_key] = (gt_iou, gt_iop)
         return {**part, "gt_iou": gt_iou, "gt_iop": gt_iop, "instruction": instruction, "image_id": sample.image_id}
 
-    def _targets(self, sample: SegSample, image: np.ndarray, proposals: Proposals | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _targets(self, sample: SegSample, proposals: Proposals | None) -> tuple[torch.Tensor, torch.Tensor]:
         gt = sample.load_mask()
-        if gt.shape != image.shape[:2]:
-            raise ValueError(f"{sample.image_id}: mask {gt.shape} does not match image {image.shape[:2]}")
         proposals = proposals or self.proposals_for(sample)
+        if gt.shape != proposals.image_size:
+            raise ValueError(f"{sample.image_id}: mask {gt.shape} does not match image {proposals.image_size}")
         kept = min(proposals.count, self.top_k)
         gt_iou = torch.zeros(self.top_k)
         gt_iop = torch.zeros(self.top_k)
