@@ -72,6 +72,7 @@ CONFIGURE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "proposals.points_per_side": (0, "SAM everything-mode point grid side; 0 = the preset's"),
     "proposals.pred_iou_thresh": (-1.0, "SAM's predicted-IoU filter for proposals, [0, 1]; negative = the preset's"),
     "proposals.stability_score_thresh": (-1.0, "SAM's stability-score filter, [0, 1]; negative = the preset's"),
+    "num_threads": (0, "torch CPU threads for inference; 0 = torch's default (OMP_NUM_THREADS or all cores)"),
     "lazy_model_load": (False, "build the model on the first instruction instead of in configure"),
     "image_transport": ("raw", "raw: sensor_msgs/Image on `image`; compressed: CompressedImage on `image/compressed`"),
     "max_queue": (4, "instructions waiting for the worker; more are answered QUEUE_FULL"),
@@ -128,7 +129,7 @@ def check_parameter(name: str, value: Any) -> str | None:
         return f"device must be cpu, auto, cuda or cuda:N, got {value!r}"
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport must be 'raw' or 'compressed', got {value!r}"
-    if name in ("proposals.top_k", "proposals.points_per_side", "max_image_side") and value < 0:
+    if name in ("proposals.top_k", "proposals.points_per_side", "max_image_side", "num_threads") and value < 0:
         return f"{name} must be >= 0, got {value}"
     if name in ("max_queue", "frame_buffer_size", "feature_cache_size", "selection.max_instances", "max_instruction_chars"):
         if value < 1:
@@ -387,6 +388,8 @@ class SegmentationNode(LifecycleNode):
         from llmseg_model.model import LLMSeg
 
         device = self._parameter("device")
+        if self._parameter("num_threads"):
+            torch.set_num_threads(self._parameter("num_threads"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         started = time.monotonic()

@@ -35,6 +35,9 @@ def ros_environment() -> dict[str, str]:
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
+    # One torch thread: the node and the test share 2 cores, and oversubscribed OpenMP threads make
+    # small models many times slower (see scripts/run_tests.sh).
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["RCUTILS_COLORIZED_OUTPUT"] = "0"
     return env
 

@@ -52,6 +52,7 @@ def untrained_node(ros_env, untrained_tiny_config, untrained_tiny_model, tmp_pat
         "proposals.stability_score_thresh": 0.0,
         "selection.iop_threshold": 0.0,
         "max_image_age": 0.0,
+        "num_threads": 1,
     }
     with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/untrained") as node, \
             RosClient(namespace="/untrained") as client:
