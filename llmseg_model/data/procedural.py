@@ -192,7 +192,18 @@ class Scene:
 
 def _shape_mask(category: str, half: float, angle: float, height: int, width: int, cx: float, cy: float) -> np.ndarray:
     """Rasterise one shape centred at (cx, cy) into a full (H, W) bool mask."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    reach = int(math.ceil(_bounding_radius(category, half))) + 2  # work only near the shape
+    x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 1)
+    y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 1)
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = _shape_window(category, half, angle, x0, x1, y0, y1, cx, cy)
+    return mask
+
+
+def _shape_window(
+    category: str, half: float, angle: float, x0: int, x1: int, y0: int, y1: int, cx: float, cy: float
+) -> np.ndarray:
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xs + 0.5 - cx, ys + 0.5 - cy
     if category == "ball":
         return dx * dx + dy * dy <= half * half
