@@ -9,7 +9,10 @@ No small pretrained SAM or DINOv2 exists offline, so the tiny preset trains its 
   background, plus the object's centre and area), so mask-pooled patch features carry what the
   reasoning needs. The head is thrown away; only the Dinov2Model is saved.
 
-Run: python -m llmseg_model.pretrain_tiny --out llmseg_model/weights/tiny  (defaults = the shipped weights)
+Run: python -m llmseg_model.pretrain_tiny --out llmseg_model/weights/tiny  (defaults = the shipped recipe)
+Shipped weights (one torch thread, shared 2-core CPU): SAM 1000 steps (~23 min), DINOv2 800 steps
+(~9 min). Held-out val: proposals' best IoU per object 0.86, recall@0.5 0.93; a linear probe on
+mask-pooled DINOv2 features reads colour 1.00, category 0.45, size 0.61.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class PretrainConfig:
     """How the two backbones are trained."""
 
     sam_steps: int = 1000
-    dino_steps: int = 1500
+    dino_steps: int = 800
     batch_size: int = 8  # scenes per SAM step
     dino_batch_size: int = 16  # scenes per DINOv2 step
     prompts_per_image: int = 8
