@@ -47,3 +47,25 @@ def test_resize_long_side_never_upscales():
     image = np.zeros((100, 50, 3), np.uint8)
     assert resize_long_side(image, 200).shape == (100, 50, 3)
     assert resize_long_side(image, 40).shape == (40, 20, 3)
+
+
+def test_filter_first_generator_matches_segment_anything():
+    from segment_anything import SamAutomaticMaskGenerator
+
+    config = tiny_config()
+    sam = build_sam(config.sam, config.weights.sam_checkpoint)
+    gen = ProposalGenerator(sam, config.proposals)
+    p = config.proposals
+    stock = SamAutomaticMaskGenerator(
+        sam, points_per_side=p.points_per_side, points_per_batch=p.points_per_batch, pred_iou_thresh=p.pred_iou_thresh,
+        stability_score_thresh=p.stability_score_thresh, box_nms_thresh=p.box_nms_thresh,
+    )
+    from llmseg_model.data.procedural import ProceduralDataset
+
+    image = ProceduralDataset("val", 1).scene(0).image
+    with torch.inference_mode():
+        ours, theirs = gen.generator.generate(image), stock.generate(image)
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a["segmentation"], b["segmentation"])
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-5)
