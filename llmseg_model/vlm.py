@@ -100,8 +100,10 @@ class SegVLM(nn.Module):
         at = ids.index(self.image_token_id)
         return ids[:at] + [self.image_token_id] * num_image_tokens + ids[at + 1 :]
 
-    def answer_ids(self) -> list[int]:
-        ids = self.tokenizer(" " + self.config.answer_text, add_special_tokens=False)["input_ids"]
+    def answer_ids(self, instruction: str) -> list[int]:
+        """Token ids of the training answer; `{instruction}` in answer_text restates the request."""
+        text = self.config.answer_text.format(instruction=clean_instruction(instruction, self.config))
+        ids = self.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id]
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
@@ -113,10 +115,10 @@ class SegVLM(nn.Module):
     def forward(self, image_features: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced training pass: returns (answer CE loss, projected <SEG> embeddings (B, D))."""
         num_image_tokens = image_features.shape[1]
-        answer = self.answer_ids()
         rows, labels = [], []
         for text in instructions:
             prompt = self.prompt_ids(text, num_image_tokens)
+            answer = self.answer_ids(text)
             rows.append(prompt + answer)
             labels.append([IGNORE_LABEL] * len(prompt) + answer)
         width = max(len(r) for r in rows)
