@@ -74,6 +74,7 @@ class VlmConfig:
     max_new_tokens: int = 32
     max_instruction_chars: int = 1000
     seg_embed_dim: int = 256
+    seg_batch_norm: bool = False  # BatchNorm1d inside the <SEG> projection (Linear-BN-ReLU-Linear)
 
 
 @dataclass
@@ -203,8 +204,10 @@ def tiny_config() -> LLMSegConfig:
         vlm=VlmConfig(
             seg_embed_dim=128,
             max_new_tokens=12,
-            # The tiny Llama has no pretraining to preserve, so it trains in full beside its LoRA.
-            trainable_modules=("language_model", "lm_head", "multi_modal_projector"),
+            # As in LISA / LLM-Seg: LoRA + token embeddings + LM head (+ the projector, since the tiny
+            # projector has no pretraining). Training the whole tiny Llama instead let the answer CE
+            # collapse the <SEG> hidden state to one vector for every instruction (measured).
+            trainable_modules=("embed_tokens", "lm_head", "multi_modal_projector"),
         ),
         fusion=FusionConfig(dim=128, depth=2, num_heads=8, mlp_dim=512),
         weights=WeightPaths(

@@ -119,6 +119,9 @@ class LLMSeg(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what LLM-Seg trains (LoRA, trainable LLM modules, projections, fusion heads)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
+        for module_name, module in self.named_modules():  # running stats of trained norm layers
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                names.update(f"{module_name}.{b}" for b, _ in module.named_buffers(recurse=False))
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
 
     def save_trained(self, folder: str | Path) -> None:

@@ -52,8 +52,11 @@ class SegVLM(nn.Module):
             if any(part in name for part in config.trainable_modules):
                 param.requires_grad_(True)
         hidden = llava.config.text_config.hidden_size
+        # Batch norm (optional) removes what every <SEG> state shares, so a small LLM whose states
+        # start out nearly identical across instructions still hands the fusion a usable signal.
+        norm = nn.BatchNorm1d(hidden) if config.seg_batch_norm else nn.Identity()
         self.seg_proj = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, config.seg_embed_dim)
+            nn.Linear(hidden, hidden), norm, nn.ReLU(inplace=True), nn.Linear(hidden, config.seg_embed_dim)
         )
 
     @classmethod

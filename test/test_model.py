@@ -70,3 +70,14 @@ def test_config_round_trip_and_unknown_keys():
     assert dataclasses.asdict(again) == dataclasses.asdict(config)
     with pytest.raises(ValueError, match="unknown setting"):
         LLMSegConfig.from_dict({"fusion": {"depht": 3}})
+
+
+def test_trained_state_keeps_norm_running_stats(untrained_tiny_config):
+    import copy
+
+    config = copy.deepcopy(untrained_tiny_config)
+    config.vlm.seg_batch_norm = True
+    model = LLMSeg.from_config(config, load_trained=False)
+    state = model.trainable_state_dict()
+    assert any(k.endswith("seg_proj.1.running_mean") for k in state)
+    assert not any(k.startswith("features.dinov2.") for k in state)
