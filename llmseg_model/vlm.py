@@ -174,7 +174,12 @@ class SegVLM(nn.Module):
         )
         seg_hidden = out.hidden_states[-1][:, -1]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=False).strip()
-        return text, self.seg_proj(seg_hidden.float())
+        was_training = self.seg_proj.training
+        self.seg_proj.eval()  # inference: batch norm uses its running statistics, even for one query
+        try:
+            return text, self.seg_proj(seg_hidden.float())
+        finally:
+            self.seg_proj.train(was_training)
 
 
 def clean_instruction(text: str, config: VlmConfig) -> str:
