@@ -145,6 +145,34 @@ class LLMSeg(nn.Module):
             )
         self.load_state_dict(state, strict=False)
 
+    def export_merged(self, folder: str | Path) -> LLMSegConfig:
+        """Merge LoRA into the LLaVA weights and write a self-contained model folder.
+
+        folder/llava is a plain llava-hf folder (merged weights, tokenizer, image processor);
+        folder/llmseg holds the other trained parts, with the LoRA deltas zeroed since they now live
+        in llava/. Returns the config that loads it (also written to folder/llmseg_config.json):
+        `LLMSeg.from_config(LLMSegConfig.load(folder / "llmseg_config.json"))`.
+        """
+        import copy
+
+        folder = Path(folder)
+        merged = copy.deepcopy(self.vlm.llava).merge_and_unload()
+        merged.save_pretrained(str(folder / "llava"))
+        self.vlm.tokenizer.save_pretrained(str(folder / "llava"))
+        self.vlm.image_processor.save_pretrained(str(folder / "llava"))
+        state = self.trainable_state_dict()
+        for key in state:
+            if ".lora_B." in key:
+                state[key] = torch.zeros_like(state[key])
+        (folder / "llmseg").mkdir(parents=True, exist_ok=True)
+        save_file(state, str(folder / "llmseg" / WEIGHTS_FILE))
+        config = copy.deepcopy(self.config)
+        config.weights.llava_path = str((folder / "llava").resolve())
+        config.weights.llmseg_weights = str((folder / "llmseg").resolve())
+        config.save(folder / "llmseg" / CONFIG_FILE)
+        config.save(folder / CONFIG_FILE)
+        return config
+
     def release(self) -> None:
         """Free the model's memory (GPU included) before the object is dropped."""
         self.to("cpu")

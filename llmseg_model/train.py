@@ -54,6 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     init_from: str = ""  # a trained llmseg_weights folder to start from (fine-tuning)
+    export_merged: bool = False  # also write output_dir/merged: LoRA merged into a llava-hf folder
     cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 avoids OpenMP thrashing on busy small machines
     memo_images: int = 20000  # images whose frozen-backbone outputs and targets stay in RAM (0: off)
 
@@ -211,8 +212,12 @@ def train(config: TrainConfig) -> Path:
     progress.close()
     final = output_dir / "llmseg"
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_trained(final)
+        trained = accelerator.unwrap_model(model)
+        trained.save_trained(final)
         logger.info("saved trained weights to %s", final)
+        if config.export_merged:
+            trained.export_merged(output_dir / "merged")
+            logger.info("exported the LoRA-merged model to %s", output_dir / "merged")
     accelerator.wait_for_everyone()
     return final
 

@@ -81,3 +81,20 @@ def test_trained_state_keeps_norm_running_stats(untrained_tiny_config):
     state = model.trainable_state_dict()
     assert any(k.endswith("seg_proj.1.running_mean") for k in state)
     assert not any(k.startswith("features.dinov2.") for k in state)
+
+
+def test_lora_merge_export_loads_and_answers_the_same(untrained_tiny_model, tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():  # make the LoRA deltas non-zero so merging matters
+        for name, param in untrained_tiny_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    config = untrained_tiny_model.export_merged(tmp_path / "export")
+    assert (tmp_path / "export" / "llava" / "config.json").is_file()
+    again = LLMSeg.from_config(LLMSegConfig.load(tmp_path / "export" / "llmseg_config.json"))
+    scene = ProceduralDataset("val", 1).scene(0)
+    frame_a = untrained_tiny_model.prepare(scene.image)
+    a = untrained_tiny_model.query(frame_a, "the red ball")
+    b = again.segment(scene.image, "the red ball")
+    assert a.answer == b.answer
+    assert np.allclose(a.iop_scores, b.iop_scores, atol=1e-4)
