@@ -35,6 +35,7 @@ import yaml
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from llmseg_model.cli import exit_on_bad_input
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
@@ -474,11 +475,7 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
-    try:
-        run_cli(argv)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        logger.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
-        raise SystemExit(2) from None
+    exit_on_bad_input(run_cli, argv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from llmseg_model.cli import exit_on_bad_input
 from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, preset_config
 from llmseg_model.data.sample import SegSample
 from llmseg_model.proposals import Proposals, ProposalGenerator, build_sam
@@ -401,11 +402,7 @@ def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
-    try:
-        run_cli(argv)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        logger.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
-        raise SystemExit(2) from None
+    exit_on_bad_input(run_cli, argv)
 
 
 if __name__ == "__main__":
