@@ -18,8 +18,12 @@ mkdir -p "$OUT"
 rm -rf cache/tiny_proposals runs/tiny
 "$PY" -m llmseg_model.data.proposal_cache --train-config config/train_tiny.yaml
 "$PY" -m llmseg_model.train --config config/train_tiny.yaml
+# Stage 2: 2.5x the scenes (stage 1 alone overfits its 800 scenes: held-out gIoU 0.53 vs 0.56).
+rm -rf runs/tiny_finetune
+"$PY" -m llmseg_model.data.proposal_cache --train-config config/train_tiny_finetune.yaml
+"$PY" -m llmseg_model.train --config config/train_tiny_finetune.yaml
 rm -rf "$OUT/llmseg"
-cp -r runs/tiny/llmseg "$OUT/llmseg"
+cp -r runs/tiny_finetune/llmseg "$OUT/llmseg"
 "$PY" -m llmseg_model.benchmark --config config/benchmark_tiny.yaml --output-dir runs/tiny/benchmark
 cp runs/tiny/benchmark/results.md "$OUT/REPORT.md"
 echo "tiny preset rebuilt in $OUT"

@@ -1,6 +1,6 @@
 """The shipped tiny preset (the embedded default) on held-out procedural scenes.
 
-The issue's bar is gIoU >= 0.7 on a held-out split; the shipped model reaches 0.53 on 25 test
+The issue's bar is gIoU >= 0.7 on a held-out split; the shipped model reaches 0.56 on 25 test
 scenes (llmseg_model/weights/tiny/REPORT.md, with baselines), so this guards the measured level
 against regressions and checks that the model beats random proposals from the same SAM output by
 a wide margin. Raise MIN_GIOU when better weights ship.
@@ -17,7 +17,7 @@ from llmseg_model.metrics import IoUAccumulator
 from llmseg_model.model import LLMSeg
 
 SCENES = 12
-MIN_GIOU = 0.42  # measured 0.53 on 25 test scenes; first 12 scenes vary around it
+MIN_GIOU = 0.45  # measured 0.56 on 25 test scenes; first 12 scenes vary around it
 
 
 @pytest.fixture(scope="module")
