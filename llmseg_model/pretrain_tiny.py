@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -395,24 +396,26 @@ def _optimizer(params: list[torch.nn.Parameter], lr: float, steps: int, config: 
     return optimizer, scheduler
 
 
-def pretrain_sam(
-    config: PretrainConfig, sam_config: SamConfig | None = None, show_progress: bool = True
-) -> tuple[Sam, list[dict[str, float]]]:
-    """Promptable-segmentation training of a fresh SAM; returns it (eval mode) and per-step losses."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    sam = build_sam(sam_config or tiny_config().sam)
-    sam.train()
-    params = list(sam.parameters())
-    optimizer, scheduler = _optimizer(params, config.sam_lr, config.sam_steps, config)
-    stream = SceneStream(config, config.seed)
+def _train_steps(
+    name: str,
+    steps: int,
+    batch_size: int,
+    stream: "SceneStream",
+    loss_of: Callable[[list[Scene]], dict[str, torch.Tensor]],
+    params: list[torch.nn.Parameter],
+    lr: float,
+    config: PretrainConfig,
+    describe: Callable[[dict[str, float]], str],
+    show_progress: bool,
+) -> list[dict[str, float]]:
+    """The step loop both backbones share: draw scenes, loss, clip, AdamW + schedule, log."""
+    optimizer, scheduler = _optimizer(params, lr, steps, config)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(config.sam_steps), desc="pretrain tiny SAM", disable=not show_progress)
+    bar = tqdm(range(steps), desc=f"pretrain tiny {name}", disable=not show_progress)
     for step in bar:
-        scenes = [stream.next() for _ in range(config.batch_size)]
-        prompts = [sample_prompts(s, config, rng) for s in scenes]
+        scenes = [stream.next() for _ in range(batch_size)]
         optimizer.zero_grad(set_to_none=True)
-        terms = sam_loss(sam, [s.image for s in scenes], prompts, config)
+        terms = loss_of(scenes)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -421,8 +424,29 @@ def pretrain_sam(
         history.append(record)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if step % 50 == 0 or step == config.sam_steps - 1:
-            logger.info("SAM step %d: mask %.4f iou %.4f", step, record["mask"], record["iou"])
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("%s step %d: %s", name, step, describe(record))
+    return history
+
+
+def pretrain_sam(
+    config: PretrainConfig, sam_config: SamConfig | None = None, show_progress: bool = True
+) -> tuple[Sam, list[dict[str, float]]]:
+    """Promptable-segmentation training of a fresh SAM; returns it (eval mode) and per-step losses."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    sam = build_sam(sam_config or tiny_config().sam)
+    sam.train()
+
+    def loss_of(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+        prompts = [sample_prompts(s, config, rng) for s in scenes]
+        return sam_loss(sam, [s.image for s in scenes], prompts, config)
+
+    history = _train_steps(
+        "SAM", config.sam_steps, config.batch_size, SceneStream(config, config.seed), loss_of,
+        list(sam.parameters()), config.sam_lr, config,
+        lambda r: f"mask {r['mask']:.4f} iou {r['iou']:.4f}", show_progress,
+    )
     sam.eval()
     return sam, history
 
@@ -433,26 +457,13 @@ def pretrain_dinov2(config: PretrainConfig, show_progress: bool = True) -> tuple
     model = Dinov2Model(dinov2_config(config.dino))
     model.train()
     head = DenseHead(model.config.hidden_size)
-    params = list(model.parameters()) + list(head.parameters())
-    optimizer, scheduler = _optimizer(params, config.dino_lr, config.dino_steps, config)
     # A seed offset keeps DINOv2's scenes different from SAM's.
-    stream = SceneStream(config, config.seed + 1)
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(config.dino_steps), desc="pretrain tiny DINOv2", disable=not show_progress)
-    for step in bar:
-        scenes = [stream.next() for _ in range(config.dino_batch_size)]
-        optimizer.zero_grad(set_to_none=True)
-        terms = dino_loss(model, head, [s.image for s in scenes], scenes)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        record = {k: float(v.detach()) for k, v in terms.items()}
-        history.append(record)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if step % 50 == 0 or step == config.dino_steps - 1:
-            logger.info("DINOv2 step %d: %s", step, " ".join(f"{k} {v:.3f}" for k, v in record.items()))
+    history = _train_steps(
+        "DINOv2", config.dino_steps, config.dino_batch_size, SceneStream(config, config.seed + 1),
+        lambda scenes: dino_loss(model, head, [s.image for s in scenes], scenes),
+        list(model.parameters()) + list(head.parameters()), config.dino_lr, config,
+        lambda r: " ".join(f"{k} {v:.3f}" for k, v in r.items()), show_progress,
+    )
     model.eval()
     return model, history
 
