@@ -36,7 +36,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from llmseg_model.cli import exit_on_bad_input
-from llmseg_model.config import LLMSegConfig, preset_config
+from llmseg_model.config import LLMSegConfig, preset_with_overrides
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
 from llmseg_model.metrics import IoUAccumulator, intersection_union, iou_from_counts, proposal_overlaps
@@ -104,17 +104,10 @@ class BenchmarkConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
     def model_config(self) -> LLMSegConfig:
-        return LLMSegConfig.from_dict(_merge(preset_config(self.preset).to_dict(), self.model))
+        return preset_with_overrides(self.preset, self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ---------------------------------------------------------------------------------- baselines

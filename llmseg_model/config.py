@@ -227,6 +227,19 @@ def tiny_config() -> LLMSegConfig:
 PRESETS = {"paper": paper_config, "tiny": tiny_config}
 
 
+def merge_nested(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` applied key by key, recursing into nested mappings."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge_nested(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def preset_with_overrides(name: str, overrides: dict[str, Any]) -> LLMSegConfig:
+    """The named preset with nested overrides (as training and benchmark YAML files give them)."""
+    return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), overrides))
+
+
 def preset_config(name: str) -> LLMSegConfig:
     """The named preset; an unknown name is an error listing the known ones."""
     if name not in PRESETS:

@@ -22,7 +22,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from llmseg_model.config import LLMSegConfig, _from_dict, preset_config
+from llmseg_model.config import LLMSegConfig, _from_dict, preset_with_overrides
 from llmseg_model.data.mixing import DatasetSpec, build_mixture
 
 logger = logging.getLogger("llmseg_model.train")
@@ -73,19 +73,7 @@ class TrainConfig:
         return config
 
     def model_config(self) -> LLMSegConfig:
-        base = preset_config(self.preset).to_dict()
-        merged = _merge(base, self.model)
-        return LLMSegConfig.from_dict(merged)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+        return preset_with_overrides(self.preset, self.model)
 
 
 def lr_lambda(step: int, warmup: int, total: int, floor: float) -> float:
