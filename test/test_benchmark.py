@@ -175,10 +175,13 @@ def test_end_to_end_untrained_tiny_model(tmp_path, untrained_tiny_model):
     assert {"proposals", "features", "vision", "llm", "fusion", "selection"} <= set(stages)
     assert stages["proposals"]["count"] == 1 and stages["llm"]["count"] == 3  # one image, three questions
     assert report["latency"]["totals"]["first_answer"]["count"] == 1
-    assert len(report["scores"]) == 4 * 2 and len(report["samples"]) == 3
-    # The model's answer is scored as it is, and the oracle is the best proposal of its frame.
     from llmseg_model.data.mixing import build_dataset
 
+    # 4 methods x 2 modes, for "all" and for each reasoning kind (the procedural set's groups).
+    kinds = {build_dataset(spec).group(i) for i in range(3)}
+    assert {s["group"] for s in report["samples"]} == kinds
+    assert len(report["scores"]) == 4 * 2 * (1 + len(kinds)) and len(report["samples"]) == 3
+    # The model's answer is scored as it is, and the oracle is the best proposal of its frame.
     sample = build_dataset(spec)[0]
     image, gt = sample.load_image(), sample.load_mask()
     result = model.segment(image, sample.texts[0])

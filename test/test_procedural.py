@@ -97,6 +97,15 @@ def test_kinds_and_multi_instance_present(train: ProceduralDataset) -> None:
     assert any(t.endswith("?") for t in texts) and any(not t.endswith("?") for t in texts)
 
 
+def test_group_is_the_instruction_kind(train: ProceduralDataset) -> None:
+    per_scene = train.config.instructions_per_scene
+    for index in range(len(train)):
+        scene_index, k = divmod(index, per_scene)
+        instruction = train.scene(scene_index).instructions[k]
+        assert train.group(index) == instruction.kind
+        assert train[index].texts == [instruction.text]
+
+
 def _words(text: str) -> set[str]:
     return set(text.lower().replace("?", " ").replace(".", " ").replace(";", " ").replace(",", " ").split())
 

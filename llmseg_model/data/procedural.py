@@ -610,6 +610,12 @@ class ProceduralDataset(Sequence):
             source="procedural",
         )
 
+    def group(self, index: int) -> str:
+        """Reasoning kind of a sample (attribute, function, relation, superlative, multi), so the
+        benchmark reports which kinds of instruction the model gets right."""
+        scene_index, k = divmod(index, self.config.instructions_per_scene)
+        return self.scene(scene_index).instructions[k].kind
+
     def write(self, out_dir: str | Path) -> Path:
         """Write the split as images/<id>.png, instances/<id>.png (0 bg, i+1 object i) and
         <split>.json with objects and instructions. Returns the JSON path."""
