@@ -194,3 +194,19 @@ def test_bad_input() -> None:
         ProceduralConfig(min_objects=4, max_objects=2)
     with pytest.raises(ValueError, match="64x64"):
         ProceduralConfig(height=32)
+
+
+def test_samples_do_not_re_render_evicted_scenes(monkeypatch) -> None:
+    """Random-order training reads samples of thousands of scenes; only pixels need a render."""
+    import llmseg_model.data.procedural as procedural
+
+    calls = []
+    real = procedural.generate_scene
+    monkeypatch.setattr(procedural, "generate_scene", lambda *a: calls.append(a) or real(*a))
+    data = ProceduralDataset("val", 3, cache_size=1)
+    texts = [data[i].texts for i in range(len(data))]
+    assert len(calls) == 3
+    assert [data[i].texts for i in range(len(data))] == texts and [data.group(i) for i in range(len(data))]
+    assert len(calls) == 3  # scenes 0 and 1 were evicted, yet texts and kinds came from memory
+    data[0].load_image()
+    assert len(calls) == 4  # pixels of an evicted scene do need a render

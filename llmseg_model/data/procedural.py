@@ -573,6 +573,10 @@ class ProceduralDataset(Sequence):
         self.config = config or ProceduralConfig()
         self._cache: OrderedDict[int, Scene] = OrderedDict()
         self._cache_size = max(1, cache_size)
+        # Instructions are a few hundred bytes a scene and are all a sample needs until its image
+        # or mask is read, so they are kept for every scene seen: drawing samples in random order
+        # then never re-renders a scene whose pixels a training memo already holds.
+        self._instructions: dict[int, list[Instruction]] = {}
 
     def __len__(self) -> int:
         return self.num_scenes * self.config.instructions_per_scene
@@ -586,12 +590,19 @@ class ProceduralDataset(Sequence):
             return self._cache[index]
         scene = generate_scene(self.config, (self.config.seed, SPLITS[self.split], index))
         self._cache[index] = scene
+        self._instructions[index] = scene.instructions
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return scene
 
     def scene_id(self, index: int) -> str:
         return f"{self.split}/{index:06d}"
+
+    def instructions(self, index: int) -> list[Instruction]:
+        """The instructions of scene `index`, rendering the scene only the first time."""
+        if index not in self._instructions:
+            self.scene(index)
+        return self._instructions[index]
 
     def __getitem__(self, index: int) -> SegSample:  # type: ignore[override]
         if isinstance(index, slice):
@@ -601,7 +612,7 @@ class ProceduralDataset(Sequence):
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
         scene_index, k = divmod(index, self.config.instructions_per_scene)
-        instruction = self.scene(scene_index).instructions[k]
+        instruction = self.instructions(scene_index)[k]
         return SegSample(
             image_id=self.scene_id(scene_index),
             texts=[instruction.text],
@@ -614,7 +625,7 @@ class ProceduralDataset(Sequence):
         """Reasoning kind of a sample (attribute, function, relation, superlative, multi), so the
         benchmark reports which kinds of instruction the model gets right."""
         scene_index, k = divmod(index, self.config.instructions_per_scene)
-        return self.scene(scene_index).instructions[k].kind
+        return self.instructions(scene_index)[k].kind
 
     def write(self, out_dir: str | Path) -> Path:
         """Write the split as images/<id>.png, instances/<id>.png (0 bg, i+1 object i) and
