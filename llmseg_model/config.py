@@ -215,6 +215,10 @@ def tiny_config() -> LLMSegConfig:
             trainable_modules=("embed_tokens", "lm_head", "multi_modal_projector"),
         ),
         fusion=FusionConfig(dim=128, depth=2, num_heads=8, mlp_dim=512),
+        # Every procedural instruction has a target; when no proposal passes the IoP threshold the
+        # best IoU-head proposal is still the better answer if its IoP is not negligible (held-out
+        # val gIoU 0.692 -> 0.697). Below 0.2 the result stays explicitly empty.
+        selection=SelectionConfig(fallback_min_iop=0.2),
         weights=WeightPaths(
             sam_checkpoint=str(TINY_WEIGHTS_DIR / "sam.safetensors"),
             dinov2_path=str(TINY_WEIGHTS_DIR / "dinov2"),

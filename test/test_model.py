@@ -27,15 +27,22 @@ def test_selection_threshold_is_live(untrained_tiny_model):
     scene = ProceduralDataset("val", 1).scene(0)
     frame = untrained_tiny_model.prepare(scene.image)
     selection = untrained_tiny_model.config.selection
-    old = selection.iop_threshold
+    old = selection.iop_threshold, selection.fallback_min_iop
     try:
         selection.iop_threshold = 0.0
         everything = untrained_tiny_model.query(frame, "the red ball")
         selection.iop_threshold = 0.999999
+        fallback = untrained_tiny_model.query(frame, "the red ball")
+        selection.fallback_min_iop = 1.01  # > 1: no fallback, an empty result is reported
         nothing = untrained_tiny_model.query(frame, "the red ball")
     finally:
-        selection.iop_threshold = old
+        selection.iop_threshold, selection.fallback_min_iop = old
     assert len(everything.proposal_indices) == frame.proposals.count
+    best = int(np.argmax(fallback.iou_scores))
+    if fallback.iop_scores[best] >= old[1]:  # the tiny preset falls back to the best IoU-head proposal
+        assert fallback.proposal_indices.tolist() == [best]
+    else:
+        assert fallback.empty
     assert nothing.empty and not nothing.mask.any()
 
 

@@ -1,6 +1,6 @@
 """The shipped tiny preset (the embedded default) on held-out procedural scenes.
 
-The issue's bar is gIoU >= 0.7 on a held-out split; the shipped model reaches 0.56 on 25 test
+The issue's bar is gIoU >= 0.7 on a held-out split; the shipped model reaches 0.66 on 100 test
 scenes (llmseg_model/weights/tiny/REPORT.md, with baselines), so this guards the measured level
 against regressions and checks that the model beats random proposals from the same SAM output by
 a wide margin. Raise MIN_GIOU when better weights ship.
@@ -17,7 +17,7 @@ from llmseg_model.metrics import IoUAccumulator
 from llmseg_model.model import LLMSeg
 
 SCENES = 12
-MIN_GIOU = 0.45  # measured 0.56 on 25 test scenes; first 12 scenes vary around it
+MIN_GIOU = 0.6  # measured 0.68 on these 12 scenes (0.66 on 100 test scenes)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_held_out_giou(shipped):
             guess = frame.proposals.masks(pick).any(0) if len(pick) else np.zeros(gt.shape, bool)
             random.add(guess, gt)
     assert trained.giou >= MIN_GIOU, f"held-out gIoU {trained.giou:.3f} (cIoU {trained.ciou:.3f})"
-    assert trained.giou > random.giou + 0.12, f"{trained.giou:.3f} vs random {random.giou:.3f}"
+    assert trained.giou > random.giou + 0.25, f"{trained.giou:.3f} vs random {random.giou:.3f}"
 
 
 def test_answers_with_seg_token_and_one_result_per_instruction(shipped):
