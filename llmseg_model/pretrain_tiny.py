@@ -308,18 +308,25 @@ def pool_objects(patches: torch.Tensor, masks: np.ndarray, grid: int) -> torch.T
     return weights @ patches
 
 
-def dino_loss(model: Dinov2Model, head: DenseHead, images: list[np.ndarray], scenes: list[Scene]) -> dict[str, torch.Tensor]:
+def dino_objects(model: Dinov2Model, scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """DINOv2 patch tokens (B, P, D) of the scenes, every object's mask-pooled feature (N, D) and
+    the objects' labels: what both the pretraining loss and the probe read."""
+    grid = model.config.image_size // model.config.patch_size
+    pixels = dino_input([scene.image for scene in scenes], model.config.image_size)
+    tokens = model(pixel_values=pixels).last_hidden_state[:, -grid * grid :]
+    pooled = torch.cat([pool_objects(t, scene.masks, grid) for t, scene in zip(tokens, scenes)])
+    labels = [object_targets(scene) for scene in scenes]
+    return tokens, pooled, {k: torch.cat([label[k] for label in labels]) for k in labels[0]}
+
+
+def dino_loss(model: Dinov2Model, head: DenseHead, scenes: list[Scene]) -> dict[str, torch.Tensor]:
     """Dense per-patch loss plus the same heads on mask-pooled object features."""
-    image_size, patch = model.config.image_size, model.config.patch_size
-    grid = image_size // patch
-    out = model(pixel_values=dino_input(images, image_size)).last_hidden_state[:, -grid * grid :]  # (B, P, D)
+    grid = model.config.image_size // model.config.patch_size
+    out, pooled, pooled_targets = dino_objects(model, scenes)
     preds = head(out)
     targets = [dense_targets(scene, grid) for scene in scenes]
     stacked = {k: torch.stack([t[k] for t in targets]) for k in targets[0]}
-    pooled = torch.cat([pool_objects(tokens, scene.masks, grid) for tokens, scene in zip(out, scenes)])
     pooled_preds = head(pooled)
-    objects = [object_targets(scene) for scene in scenes]
-    pooled_targets = {k: torch.cat([t[k] for t in objects]) for k in objects[0]}
     loss = 0.0
     terms = {}
     for name in ("colour", "category", "size"):
@@ -379,15 +386,9 @@ def probe_dinov2(model: Dinov2Model, train_scenes: list[Scene], test_scenes: lis
     each object, fitted on `train_scenes` and scored on `test_scenes`."""
 
     def pooled(scenes: list[Scene]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image_size, grid = model.config.image_size, model.config.image_size // model.config.patch_size
-        features = []
         with torch.no_grad():
-            for start in range(0, len(scenes), 16):
-                chunk = scenes[start : start + 16]
-                tokens = model(pixel_values=dino_input([s.image for s in chunk], image_size)).last_hidden_state
-                features += [pool_objects(t, s.masks, grid) for t, s in zip(tokens[:, -grid * grid :], chunk)]
-        targets = [object_targets(s) for s in scenes]
-        return torch.cat(features), {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
+            chunks = [dino_objects(model, scenes[start : start + 16])[1:] for start in range(0, len(scenes), 16)]
+        return torch.cat([f for f, _ in chunks]), {k: torch.cat([t[k] for _, t in chunks]) for k in chunks[0][1]}
 
     model.eval()
     train_x, train_y = pooled(train_scenes)
@@ -494,7 +495,7 @@ def pretrain_dinov2(config: PretrainConfig, show_progress: bool = True) -> tuple
     # A seed offset keeps DINOv2's scenes different from SAM's.
     history = _train_steps(
         "DINOv2", config.dino_steps, config.dino_batch_size, SceneStream(config, config.seed + 1),
-        lambda scenes: dino_loss(model, head, [s.image for s in scenes], scenes),
+        lambda scenes: dino_loss(model, head, scenes),
         list(model.parameters()) + list(head.parameters()), config.dino_lr, config,
         lambda r: " ".join(f"{k} {v:.3f}" for k, v in r.items()), show_progress,
     )

@@ -604,7 +604,8 @@ class ProceduralDataset(Sequence):
             self.scene(index)
         return self._instructions[index]
 
-    def __getitem__(self, index: int) -> SegSample:  # type: ignore[override]
+    def _instruction(self, index: int) -> tuple[int, Instruction]:
+        """(scene index, instruction) of sample `index`; negative indices count from the end."""
         if isinstance(index, slice):
             raise TypeError("ProceduralDataset does not support slicing; index samples one at a time")
         if index < 0:
@@ -612,7 +613,10 @@ class ProceduralDataset(Sequence):
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
         scene_index, k = divmod(index, self.config.instructions_per_scene)
-        instruction = self.instructions(scene_index)[k]
+        return scene_index, self.instructions(scene_index)[k]
+
+    def __getitem__(self, index: int) -> SegSample:  # type: ignore[override]
+        scene_index, instruction = self._instruction(index)
         return SegSample(
             image_id=self.scene_id(scene_index),
             texts=[instruction.text],
@@ -624,8 +628,7 @@ class ProceduralDataset(Sequence):
     def group(self, index: int) -> str:
         """Reasoning kind of a sample (attribute, function, relation, superlative, multi), so the
         benchmark reports which kinds of instruction the model gets right."""
-        scene_index, k = divmod(index, self.config.instructions_per_scene)
-        return self.instructions(scene_index)[k].kind
+        return self._instruction(index)[1].kind
 
     def write(self, out_dir: str | Path) -> Path:
         """Write the split as images/<id>.png, instances/<id>.png (0 bg, i+1 object i) and
