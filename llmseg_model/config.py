@@ -75,6 +75,9 @@ class VlmConfig:
     max_instruction_chars: int = 1000
     seg_embed_dim: int = 256
     seg_batch_norm: bool = False  # BatchNorm1d inside the <SEG> projection (Linear-BN-ReLU-Linear)
+    # LLaVA's weight dtype: "auto" is bfloat16 on CUDA (as LISA / LLM-Seg train) and float32 on the
+    # CPU; "float32", "bfloat16" or "float16" force one.
+    dtype: str = "auto"
 
 
 @dataclass
@@ -213,6 +216,9 @@ def tiny_config() -> LLMSegConfig:
             # projector has no pretraining). Training the whole tiny Llama instead let the answer CE
             # collapse the <SEG> hidden state to one vector for every instruction (measured).
             trainable_modules=("embed_tokens", "lm_head", "multi_modal_projector"),
+            # Its trained embeddings and LM head are small enough to keep in float32 on a GPU too:
+            # bfloat16 weights would round away AdamW's small updates.
+            dtype="float32",
         ),
         fusion=FusionConfig(dim=128, depth=2, num_heads=8, mlp_dim=512),
         # Every procedural instruction has a target; when no proposal passes the IoP threshold the

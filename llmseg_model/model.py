@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "llmseg.safetensors"
 CONFIG_FILE = "llmseg_config.json"
+VLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @contextmanager
@@ -58,6 +59,15 @@ def require_path(value: str, setting: str, kind: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"weights.{setting} = {value!r} does not exist ({kind}); nothing is downloaded")
     return path
+
+
+def vlm_dtype(name: str, use_cuda: bool) -> torch.dtype:
+    """The LLaVA weight dtype a `VlmConfig.dtype` setting names ("auto": bfloat16 on CUDA only)."""
+    if name == "auto":
+        return torch.bfloat16 if use_cuda else torch.float32
+    if name not in VLM_DTYPES:
+        raise ValueError(f"vlm.dtype must be 'auto' or one of {sorted(VLM_DTYPES)}, got {name!r}")
+    return VLM_DTYPES[name]
 
 
 class LLMSeg(nn.Module):
@@ -96,8 +106,7 @@ class LLMSeg(nn.Module):
         use_cuda = device.startswith("cuda")
         sam = build_sam(config.sam, sam_path)
         dinov2 = Dinov2Model.from_pretrained(str(dinov2_path), local_files_only=True)
-        vlm_dtype = torch.bfloat16 if use_cuda else torch.float32
-        vlm = SegVLM.from_pretrained(llava_path, config.vlm, dtype=vlm_dtype)
+        vlm = SegVLM.from_pretrained(llava_path, config.vlm, dtype=vlm_dtype(config.vlm.dtype, use_cuda))
         model = cls(config, ProposalGenerator(sam, config.proposals), MaskFeatureExtractor(dinov2, config.features), vlm)
         if trained_path is not None:
             model.load_trained(trained_path)

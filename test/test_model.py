@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmseg_model.config import LLMSegConfig, paper_config, tiny_config
-from llmseg_model.model import LLMSeg
+from llmseg_model.model import LLMSeg, vlm_dtype
 from llmseg_model.data.procedural import ProceduralDataset
 
 
@@ -77,6 +77,23 @@ def test_config_round_trip_and_unknown_keys():
     assert dataclasses.asdict(again) == dataclasses.asdict(config)
     with pytest.raises(ValueError, match="unknown setting"):
         LLMSegConfig.from_dict({"fusion": {"depht": 3}})
+
+
+def test_vlm_dtype_setting():
+    assert vlm_dtype("auto", use_cuda=True) == torch.bfloat16
+    assert vlm_dtype("auto", use_cuda=False) == torch.float32
+    assert vlm_dtype(tiny_config().vlm.dtype, use_cuda=True) == torch.float32  # tiny trains in fp32 on a GPU too
+    with pytest.raises(ValueError, match="vlm.dtype must be"):
+        vlm_dtype("fp8", use_cuda=False)
+
+
+def test_vlm_dtype_is_what_the_model_is_built_with(untrained_tiny_config):
+    import copy
+
+    config = copy.deepcopy(untrained_tiny_config)
+    config.vlm.dtype = "bfloat16"
+    model = LLMSeg.from_config(config, load_trained=False)
+    assert model.vlm.llava.base_model.model.dtype == torch.bfloat16
 
 
 def test_trained_state_keeps_norm_running_stats(untrained_tiny_config):
