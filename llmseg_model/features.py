@@ -28,8 +28,6 @@ class MaskFeatureExtractor(nn.Module):
         self.dinov2.requires_grad_(False)
         self.dinov2.eval()
         self.proj = nn.Conv2d(dinov2.config.hidden_size, config.embed_dim, kernel_size=1)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "MaskFeatureExtractor":
         super().train(mode)
@@ -37,7 +35,9 @@ class MaskFeatureExtractor(nn.Module):
         return self
 
     def preprocess(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
-        """(H, W, 3) uint8 images -> (B, 3, S, S) normalised, resized to the DINOv2 input side."""
+        """(H, W, 3) uint8 images -> (B, 3, S, S) normalised, resized to the DINOv2 input side.
+
+        Stays on the CPU (so DataLoader workers can call it); `patch_features` moves it."""
         if isinstance(images, np.ndarray):
             images = [images]
         side = self.config.image_size
@@ -45,13 +45,14 @@ class MaskFeatureExtractor(nn.Module):
         for image in images:
             tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
             batch.append(F.interpolate(tensor, size=(side, side), mode="bilinear", antialias=True, align_corners=False))
-        pixels = torch.cat(batch).to(self.mean.device)
-        return (pixels - self.mean) / self.std
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (torch.cat(batch) - mean) / std
 
     @torch.no_grad()
     def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> frozen DINOv2 patch tokens as a (B, C, G, G) map (CLS and registers dropped)."""
-        hidden = self.dinov2(pixel_values=pixels.to(self.dinov2.dtype)).last_hidden_state
+        hidden = self.dinov2(pixel_values=pixels.to(self.dinov2.device, self.dinov2.dtype)).last_hidden_state
         grid = pixels.shape[-1] // self.dinov2.config.patch_size
         patches = hidden[:, -grid * grid :]
         return patches.transpose(1, 2).reshape(pixels.shape[0], -1, grid, grid).float()

@@ -57,6 +57,9 @@ class TrainConfig:
     export_merged: bool = False  # also write output_dir/merged: LoRA merged into a llava-hf folder
     cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 avoids OpenMP thrashing on busy small machines
     memo_images: int = 20000  # images whose frozen-backbone outputs and targets stay in RAM (0: off)
+    # Worker processes that fill that memo before the first step (0: the first epoch fills it, at
+    # several times a later epoch's cost); needs a filled proposal cache.
+    prefill_workers: int = 0
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -117,25 +120,27 @@ def train(config: TrainConfig) -> Path:
     mixed = build_mixture(config.datasets, length=config.samples_per_epoch or None, seed=config.seed)
     base = model  # the unwrapped model (accelerate may wrap `model` below)
 
-    def preprocess(image):
-        return base.features.preprocess(image)[0].cpu(), base.vlm.pixel_values(image)[0]
+    def preprocess(image):  # CPU only: DataLoader (and prefill) workers call it
+        return base.features.preprocess(image)[0], base.vlm.pixel_values(image)[0]
 
-    def frozen(image):
-        dino, vision = base.frozen_features(base.features.preprocess(image), base.vlm.pixel_values(image))
-        return dino[0].cpu(), vision[0].cpu()
+    def frozen(dino_pixels, llava_pixels):
+        dino, vision = base.frozen_features(dino_pixels, llava_pixels)
+        return dino.cpu(), vision.cpu()
 
     memo = config.memo_images > 0
+    if memo and config.num_workers:
+        raise ValueError("memo_images keeps its memo in the main process: set num_workers: 0 (or memo_images: 0)")
     dataset = TrainingSet(
         mixed,
         proposals_for=cache.get,
         top_k=model_config.proposals.top_k,
-        preprocess=None if memo else preprocess,
+        preprocess=preprocess,
         frozen=frozen if memo else None,
         memo_items=config.memo_images,
         seed=config.seed,
     )
-    if memo and config.num_workers:
-        raise ValueError("memo_images keeps its memo in the main process: set num_workers: 0 (or memo_images: 0)")
+    if memo and config.prefill_workers:
+        dataset.prefill(config.prefill_workers, progress=accelerator.is_local_main_process)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

@@ -38,6 +38,7 @@ def test_loss_decreases_and_resumes(untrained_tiny_config, tmp_path):
             "warmup_steps": 2,
             "log_every": 5,
             "save_every": 20,
+            "prefill_workers": 1,  # the memo is filled by a worker process before the first step
         }
     )
     final = train(config)

@@ -2,35 +2,35 @@
 
 SAM never runs here: proposals come from a lookup (the on-disk proposal cache in practice). The
 frozen backbones (DINOv2, the LLaVA vision tower) may run here too, once per image, with their
-outputs memoised: then a training step costs only the trainable parts.
+outputs memoised: then a training step costs only the trainable parts. `TrainingSet.prefill`
+fills that memo up front with worker processes, since rendering, decoding and target masks cost
+more than the training step itself.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from llmseg_model.data.sample import IGNORE_INDEX, SegSample
 from llmseg_model.losses import proposal_targets
 from llmseg_model.proposals import Proposals
 
-PIXEL_KEYS = ("dino_pixels", "llava_pixels")
-FEATURE_KEYS = ("dino_features", "vision_states")
-
-
 class TrainingSet(Dataset):
     """Items ready for `LLMSeg.forward`, one per sample.
 
-    `proposals_for(sample)` returns that image's Proposals. Without `frozen`, items carry the
-    backbones' input pixels (`preprocess(image) -> (dino_pixels, llava_pixels)`); with
-    `frozen(image) -> (dino_features, vision_states)`, they carry the frozen outputs instead, and
-    per-image work and per-sample targets are memoised (up to `memo_items` images), so only the
-    first epoch pays for rendering, decoding and backbones. Memoisation lives in this process: use
-    it with num_workers=0.
+    `proposals_for(sample)` returns that image's Proposals and `preprocess(image) ->
+    (dino_pixels, llava_pixels)` the backbones' inputs (on the CPU). Without `frozen`, items carry
+    those pixels; with `frozen(dino_pixels, llava_pixels) -> (dino_features, vision_states)` (batched)
+    they carry the frozen outputs instead, and per-image work and per-sample targets are memoised (up
+    to `memo_items` images), so only the first epoch, or `prefill`, pays for rendering, decoding and
+    backbones. Memoisation lives in this process: use it with a num_workers=0 DataLoader.
     """
 
     def __init__(
@@ -38,13 +38,11 @@ class TrainingSet(Dataset):
         samples: Sequence[SegSample],
         proposals_for: Callable[[SegSample], Proposals],
         top_k: int,
-        preprocess: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        frozen: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        preprocess: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+        frozen: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         memo_items: int = 20000,
         seed: int = 0,
     ) -> None:
-        if (preprocess is None) == (frozen is None):
-            raise ValueError("give exactly one of preprocess (pixels) or frozen (memoised backbone features)")
         self.samples = samples
         self.proposals_for = proposals_for
         self.top_k = top_k
@@ -58,34 +56,68 @@ class TrainingSet(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image_part(self, sample: SegSample, image: np.ndarray | None) -> tuple[dict[str, torch.Tensor], Proposals | None]:
-        key = f"{sample.source}:{sample.image_id}"
-        if key in self.image_memo:
-            return self.image_memo[key], None
-        image = sample.load_image() if image is None else image
+    def _pixel_part(self, sample: SegSample) -> tuple[dict[str, torch.Tensor], Proposals]:
+        """Proposal masks and backbone input pixels of a sample's image (no backbone run)."""
+        image = sample.load_image()
         proposals = self.proposals_for(sample)
         if proposals.image_size != image.shape[:2]:
             raise ValueError(f"{sample.image_id}: proposals are {proposals.image_size}, image is {image.shape[:2]}")
         lowres, valid = proposals.padded_lowres(self.top_k)
-        inputs = self.frozen(image) if self.frozen is not None else self.preprocess(image)
-        keys = FEATURE_KEYS if self.frozen is not None else PIXEL_KEYS
-        part = {"lowres": lowres, "valid": valid, keys[0]: inputs[0], keys[1]: inputs[1]}
-        if len(self.image_memo) < self.memo_items:
-            self.image_memo[key] = part
-        return part, proposals
+        dino_pixels, llava_pixels = self.preprocess(image)
+        return {"lowres": lowres, "valid": valid, "dino_pixels": dino_pixels, "llava_pixels": llava_pixels}, proposals
+
+    def _memoise(self, keys: list[str], parts: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Run the frozen backbones on a batch of pixel parts; keep the results while the memo has room."""
+        dino, vision = self.frozen(
+            torch.stack([p["dino_pixels"] for p in parts]), torch.stack([p["llava_pixels"] for p in parts])
+        )
+        out = []
+        for i, (key, part) in enumerate(zip(keys, parts)):
+            done = {"lowres": part["lowres"], "valid": part["valid"], "dino_features": dino[i], "vision_states": vision[i]}
+            if len(self.image_memo) < self.memo_items:
+                self.image_memo[key] = done
+            out.append(done)
+        return out
+
+    def _keep_targets(self, key: tuple[str, str], targets: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.memo_items and len(self.target_memo) < 8 * self.memo_items:
+            self.target_memo[key] = targets
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         instruction = self.rng.choice(sample.texts)
-        part, proposals = self._image_part(sample, None)
-        target_key = (f"{sample.source}:{sample.image_id}", "\n".join(sample.texts))
+        key, target_key = _keys(sample)
+        proposals = None
+        if key in self.image_memo:
+            part = self.image_memo[key]
+        else:
+            part, proposals = self._pixel_part(sample)
+            if self.frozen is not None:
+                part = self._memoise([key], [part])[0]
         if target_key in self.target_memo:
             gt_iou, gt_iop = self.target_memo[target_key]
         else:
             gt_iou, gt_iop = self._targets(sample, proposals)
-            if self.memo_items and len(self.target_memo) < 8 * self.memo_items:
-                self.target_memo[target_key] = (gt_iou, gt_iop)
+            self._keep_targets(target_key, (gt_iou, gt_iop))
         return {**part, "gt_iou": gt_iou, "gt_iop": gt_iop, "instruction": instruction, "image_id": sample.image_id}
+
+    def prefill(self, num_workers: int, batch_size: int = 16, progress: bool = True) -> None:
+        """Memoise every sample before training: `num_workers` processes render, decode and compute
+        targets (the bulk of a first epoch), this process runs the frozen backbones in batches.
+        Fills exactly what a first epoch would, so training is the same with or without it."""
+        if self.frozen is None:
+            raise ValueError("prefill needs frozen backbones (a memoising TrainingSet)")
+        loader = DataLoader(
+            _PrefillWork(self), batch_size=batch_size, num_workers=num_workers, collate_fn=list, shuffle=False
+        )
+        for items in tqdm(loader, desc="prefill", unit="batch", disable=not progress):
+            fresh = {}
+            for item in items:
+                self._keep_targets(item.target_key, item.targets)
+                if item.part is not None and item.key not in self.image_memo:
+                    fresh[item.key] = item.part
+            if fresh and len(self.image_memo) < self.memo_items:
+                self._memoise(list(fresh), list(fresh.values()))
 
     def _targets(self, sample: SegSample, proposals: Proposals | None) -> tuple[torch.Tensor, torch.Tensor]:
         gt = sample.load_mask()
@@ -100,6 +132,42 @@ class TrainingSet(Dataset):
             iou, iop = proposal_targets(masks, torch.from_numpy(gt), IGNORE_INDEX)
             gt_iou[:kept], gt_iop[:kept] = iou, iop
         return gt_iou, gt_iop
+
+
+def _keys(sample: SegSample) -> tuple[str, tuple[str, str]]:
+    """Memo keys of a sample: its image, and its image with its instructions (the target)."""
+    key = f"{sample.source}:{sample.image_id}"
+    return key, (key, "\n".join(sample.texts))
+
+
+@dataclass
+class _PrefillItem:
+    key: str
+    target_key: tuple[str, str]
+    targets: tuple[torch.Tensor, torch.Tensor]
+    part: dict[str, torch.Tensor] | None  # None when this worker just sent the same image
+
+
+class _PrefillWork(Dataset):
+    """The CPU half of `TrainingSet.prefill`, run in DataLoader workers. Samples come in order, so
+    samples of one image arrive together and a worker sends that image's pixels once."""
+
+    def __init__(self, owner: TrainingSet) -> None:
+        self.owner = owner
+        self.last_key = ""
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, index: int) -> _PrefillItem:
+        sample = self.owner.samples[index]
+        key, target_key = _keys(sample)
+        part, proposals = None, None
+        if key != self.last_key and key not in self.owner.image_memo:
+            part, proposals = self.owner._pixel_part(sample)
+        self.last_key = key
+        targets = self.owner.target_memo.get(target_key) or self.owner._targets(sample, proposals)
+        return _PrefillItem(key, target_key, targets, part)
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,0 +1,65 @@
+"""TrainingSet: memoised items, and a prefill with worker processes that fills exactly that memo."""
+
+import pytest
+import torch
+
+from llmseg_model.data.procedural import ProceduralDataset
+from llmseg_model.data.training import TrainingSet, collate
+
+
+def make_set(model, memo: bool, size: int = 3) -> TrainingSet:
+    samples = ProceduralDataset("train", size)
+    proposals = {}
+
+    def proposals_for(sample):  # SAM once per image, as the on-disk cache would give it
+        if sample.image_id not in proposals:
+            proposals[sample.image_id] = model.proposal_generator(sample.load_image())
+        return proposals[sample.image_id]
+
+    def preprocess(image):
+        return model.features.preprocess(image)[0], model.vlm.pixel_values(image)[0]
+
+    def frozen(dino_pixels, llava_pixels):
+        return model.frozen_features(dino_pixels, llava_pixels)
+
+    for i in range(len(samples)):  # fill the proposals here, before any worker forks
+        proposals_for(samples[i])
+    return TrainingSet(
+        samples, proposals_for, model.config.proposals.top_k, preprocess, frozen if memo else None, memo_items=100
+    )
+
+
+def test_items_carry_pixels_or_memoised_features(untrained_tiny_model):
+    plain = make_set(untrained_tiny_model, memo=False)
+    item = plain[0]
+    assert item["dino_pixels"].dim() == 3 and "dino_features" not in item and not plain.image_memo
+    memo = make_set(untrained_tiny_model, memo=True)
+    first = memo[0]
+    assert first["dino_features"].dim() == 3 and "dino_pixels" not in first
+    assert len(memo.image_memo) == 1 and len(memo.target_memo) == 1
+    again = memo[1]  # same scene, next instruction: image memoised, new target
+    assert again["dino_features"] is first["dino_features"] and len(memo.target_memo) == 2
+    batch = collate([first, again])
+    assert batch["gt_iou"].shape == (2, untrained_tiny_model.config.proposals.top_k)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prefill_fills_what_a_first_epoch_would(untrained_tiny_model, workers):
+    lazy = make_set(untrained_tiny_model, memo=True)
+    for i in range(len(lazy)):
+        lazy[i]
+    filled = make_set(untrained_tiny_model, memo=True)
+    filled.prefill(workers, batch_size=5, progress=False)
+    assert filled.image_memo.keys() == lazy.image_memo.keys() and len(filled.image_memo) == 3
+    assert filled.target_memo.keys() == lazy.target_memo.keys() and len(filled.target_memo) == len(lazy)
+    for key, part in lazy.image_memo.items():
+        for name, value in part.items():
+            torch.testing.assert_close(filled.image_memo[key][name], value)
+    for key, (iou, iop) in lazy.target_memo.items():
+        torch.testing.assert_close(filled.target_memo[key][0], iou)
+        torch.testing.assert_close(filled.target_memo[key][1], iop)
+
+
+def test_prefill_needs_a_memoising_set(untrained_tiny_model):
+    with pytest.raises(ValueError, match="frozen backbones"):
+        make_set(untrained_tiny_model, memo=False, size=1).prefill(0)
