@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from llmseg_model.data.mixing import DatasetSpec, build_mixture
 from llmseg_model.data.procedural import ProceduralDataset
 from llmseg_model.data.training import TrainingSet, collate
 
 
-def make_set(model, memo: bool, size: int = 3) -> TrainingSet:
-    samples = ProceduralDataset("train", size)
+def make_set(model, memo: bool, size: int = 3, mixed: bool = False) -> TrainingSet:
+    samples = build_mixture([DatasetSpec(kind="procedural", size=size)]) if mixed else ProceduralDataset("train", size)
     proposals = {}
 
     def proposals_for(sample):  # SAM once per image, as the on-disk cache would give it
@@ -43,12 +44,12 @@ def test_items_carry_pixels_or_memoised_features(untrained_tiny_model):
     assert batch["gt_iou"].shape == (2, untrained_tiny_model.config.proposals.top_k)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_prefill_fills_what_a_first_epoch_would(untrained_tiny_model, workers):
-    lazy = make_set(untrained_tiny_model, memo=True)
+@pytest.mark.parametrize("workers,mixed", [(0, False), (2, True)])
+def test_prefill_fills_what_a_first_epoch_would(untrained_tiny_model, workers, mixed):
+    lazy = make_set(untrained_tiny_model, memo=True, mixed=mixed)
     for i in range(len(lazy)):
         lazy[i]
-    filled = make_set(untrained_tiny_model, memo=True)
+    filled = make_set(untrained_tiny_model, memo=True, mixed=mixed)
     filled.prefill(workers, batch_size=5, progress=False)
     assert filled.image_memo.keys() == lazy.image_memo.keys() and len(filled.image_memo) == 3
     assert filled.target_memo.keys() == lazy.target_memo.keys() and len(filled.target_memo) == len(lazy)

@@ -107,8 +107,12 @@ class TrainingSet(Dataset):
         Fills exactly what a first epoch would, so training is the same with or without it."""
         if self.frozen is None:
             raise ValueError("prefill needs frozen backbones (a memoising TrainingSet)")
+        order = list(range(len(self)))
+        locate = getattr(self.samples, "locate", None)  # a MixedDataset: visit each source in its own order
+        if locate is not None:
+            order.sort(key=locate)
         loader = DataLoader(
-            _PrefillWork(self), batch_size=batch_size, num_workers=num_workers, collate_fn=list, shuffle=False
+            _PrefillWork(self), batch_size=batch_size, sampler=order, num_workers=num_workers, collate_fn=list
         )
         for items in tqdm(loader, desc="prefill", unit="batch", disable=not progress):
             fresh = {}
@@ -149,12 +153,13 @@ class _PrefillItem:
 
 
 class _PrefillWork(Dataset):
-    """The CPU half of `TrainingSet.prefill`, run in DataLoader workers. Samples come in order, so
-    samples of one image arrive together and a worker sends that image's pixels once."""
+    """The CPU half of `TrainingSet.prefill`, run in DataLoader workers. Samples come in their data
+    set's order, so samples of one image arrive together: a worker renders and sends that image once."""
 
     def __init__(self, owner: TrainingSet) -> None:
         self.owner = owner
         self.last_key = ""
+        self.proposals: Proposals | None = None  # of the last image, reused by its other samples
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -162,11 +167,15 @@ class _PrefillWork(Dataset):
     def __getitem__(self, index: int) -> _PrefillItem:
         sample = self.owner.samples[index]
         key, target_key = _keys(sample)
-        part, proposals = None, None
-        if key != self.last_key and key not in self.owner.image_memo:
-            part, proposals = self.owner._pixel_part(sample)
-        self.last_key = key
-        targets = self.owner.target_memo.get(target_key) or self.owner._targets(sample, proposals)
+        part = None
+        if key != self.last_key:
+            self.last_key, self.proposals = key, None
+            if key not in self.owner.image_memo:
+                part, self.proposals = self.owner._pixel_part(sample)
+        targets = self.owner.target_memo.get(target_key)
+        if targets is None:
+            self.proposals = self.proposals or self.owner.proposals_for(sample)
+            targets = self.owner._targets(sample, self.proposals)
         return _PrefillItem(key, target_key, targets, part)
 
 
