@@ -117,9 +117,9 @@ class TrainingSet(Dataset):
         for items in tqdm(loader, desc="prefill", unit="batch", disable=not progress):
             fresh = {}
             for item in items:
-                self._keep_targets(item.target_key, item.targets)
+                self._keep_targets(item.target_key, tuple(torch.from_numpy(t) for t in item.targets))
                 if item.part is not None and item.key not in self.image_memo:
-                    fresh[item.key] = item.part
+                    fresh[item.key] = {name: torch.from_numpy(value) for name, value in item.part.items()}
             if fresh and len(self.image_memo) < self.memo_items:
                 self._memoise(list(fresh), list(fresh.values()))
 
@@ -146,10 +146,13 @@ def _keys(sample: SegSample) -> tuple[str, tuple[str, str]]:
 
 @dataclass
 class _PrefillItem:
+    """What a prefill worker sends back. Arrays, not tensors: tensors would travel as one shared
+    file descriptor each, and tens of thousands of them exhaust the process's descriptor limit."""
+
     key: str
     target_key: tuple[str, str]
-    targets: tuple[torch.Tensor, torch.Tensor]
-    part: dict[str, torch.Tensor] | None  # None when this worker just sent the same image
+    targets: tuple[np.ndarray, np.ndarray]
+    part: dict[str, np.ndarray] | None  # None when this worker just sent the same image
 
 
 class _PrefillWork(Dataset):
@@ -176,7 +179,8 @@ class _PrefillWork(Dataset):
         if targets is None:
             self.proposals = self.proposals or self.owner.proposals_for(sample)
             targets = self.owner._targets(sample, self.proposals)
-        return _PrefillItem(key, target_key, targets, part)
+        arrays = None if part is None else {name: value.numpy() for name, value in part.items()}
+        return _PrefillItem(key, target_key, (targets[0].numpy(), targets[1].numpy()), arrays)
 
 
 def collate(items: list[dict]) -> dict:
