@@ -20,6 +20,17 @@ def test_config_from_yaml_rejects_unknown_keys(tmp_path):
         TrainConfig.from_dict({"stpes": 3})
 
 
+@pytest.mark.parametrize("name", ["train_tiny.yaml", "train_paper.yaml"])
+def test_shipped_train_configs_load_and_are_runnable(name):
+    from pathlib import Path
+
+    config = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "config" / name)
+    config.model_config()  # the preset and its overrides resolve
+    assert not (config.memo_images and config.num_workers), "the memo lives in the main process"
+    if config.preset == "paper":  # ViT-L features are ~8 MB an image: no memo at this scale
+        assert config.memo_images == 0 and config.num_workers > 0
+
+
 def test_loss_decreases_and_resumes(untrained_tiny_config, tmp_path):
     weights = untrained_tiny_config.weights
     config = TrainConfig.from_dict(
