@@ -604,15 +604,19 @@ class ProceduralDataset(Sequence):
             self.scene(index)
         return self._instructions[index]
 
-    def _instruction(self, index: int) -> tuple[int, Instruction]:
-        """(scene index, instruction) of sample `index`; negative indices count from the end."""
+    def _position(self, index: int) -> tuple[int, int]:
+        """(scene index, instruction number) of sample `index`; negative indices count from the end."""
         if isinstance(index, slice):
             raise TypeError("ProceduralDataset does not support slicing; index samples one at a time")
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
-        scene_index, k = divmod(index, self.config.instructions_per_scene)
+        return divmod(index, self.config.instructions_per_scene)
+
+    def _instruction(self, index: int) -> tuple[int, Instruction]:
+        """(scene index, instruction) of sample `index`."""
+        scene_index, k = self._position(index)
         return scene_index, self.instructions(scene_index)[k]
 
     def __getitem__(self, index: int) -> SegSample:  # type: ignore[override]
@@ -624,6 +628,12 @@ class ProceduralDataset(Sequence):
             load_mask=_loader(self, scene_index, instruction.targets),
             source="procedural",
         )
+
+    def image_of(self, index: int) -> tuple[str, str, Callable[[], np.ndarray]]:
+        """(source, image id, image loader) of sample `index` without generating its scene, so the
+        proposal precompute skips cached and other-shard images without rendering them."""
+        scene_index = self._position(index)[0]
+        return "procedural", self.scene_id(scene_index), _loader(self, scene_index, None)
 
     def group(self, index: int) -> str:
         """Reasoning kind of a sample (attribute, function, relation, superlative, multi), so the

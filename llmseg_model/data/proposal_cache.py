@@ -19,7 +19,7 @@ import logging
 import os
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,19 +290,19 @@ def precompute(
         for dataset in datasets:
             for i in range(len(dataset)):
                 bar.update(1)
-                sample = dataset[i]
-                key = image_key(sample.source, sample.image_id)
+                source, image_id, load_image = _image_of(dataset, i)
+                key = image_key(source, image_id)
                 if key in seen:
                     continue
                 seen.add(key)
                 if _shard_of(key, num_shards) != index:
                     stats.other_shard += 1
                     continue
-                if cache.contains(sample.source, sample.image_id):
+                if cache.contains(source, image_id):
                     stats.skipped += 1
                     continue
                 try:
-                    image = sample.load_image()
+                    image = load_image()
                     proposals = cache.generator(image)
                 except Exception as err:
                     if not skip_errors:
@@ -310,11 +310,21 @@ def precompute(
                     logger.error("proposals for %r failed: %s", key, err)
                     stats.failed += 1
                     continue
-                cache.put(sample.source, sample.image_id, proposals, image)
+                cache.put(source, image_id, proposals, image)
                 stats.computed += 1
                 bar.set_postfix(computed=stats.computed, cached=stats.skipped)
     logger.info("proposal cache %s: %s", cache.root, stats)
     return stats
+
+
+def _image_of(dataset: Sequence[SegSample], index: int) -> tuple[str, str, Callable[[], np.ndarray]]:
+    """(source, image id, image loader) of a sample; data sets that know it without building the
+    sample (ProceduralDataset.image_of) save rendering images that are cached or another shard's."""
+    image_of = getattr(dataset, "image_of", None)
+    if image_of is not None:
+        return image_of(index)
+    sample = dataset[index]
+    return sample.source, sample.image_id, sample.load_image
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
