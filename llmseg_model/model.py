@@ -28,7 +28,7 @@ from llmseg_model.features import MaskFeatureExtractor
 from llmseg_model.fusion import FusionTransformer
 from llmseg_model.losses import LossOutput, llmseg_loss
 from llmseg_model.outputs import FrameFeatures, Result
-from llmseg_model.proposals import ProposalGenerator, Proposals, build_sam, check_image
+from llmseg_model.proposals import ProposalGenerator, build_sam, check_image
 from llmseg_model.selection import select_proposals
 from llmseg_model.vlm import SegVLM, clean_instruction
 

@@ -113,7 +113,7 @@ def test_lora_merge_export_loads_and_answers_the_same(untrained_tiny_model, tmp_
         for name, param in untrained_tiny_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.02)
-    config = untrained_tiny_model.export_merged(tmp_path / "export")
+    untrained_tiny_model.export_merged(tmp_path / "export")
     assert (tmp_path / "export" / "llava" / "config.json").is_file()
     again = LLMSeg.from_config(LLMSegConfig.load(tmp_path / "export" / "llmseg_config.json"))
     scene = ProceduralDataset("val", 1).scene(0)

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from llmseg_model.train import TrainConfig, lr_lambda, main, train
+from llmseg_model.train import TrainConfig, lr_lambda, train
 
 
 def test_schedule_warms_up_then_decays_to_floor():

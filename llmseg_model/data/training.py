@@ -22,6 +22,7 @@ from llmseg_model.data.sample import IGNORE_INDEX, SegSample
 from llmseg_model.losses import proposal_targets
 from llmseg_model.proposals import Proposals
 
+
 class TrainingSet(Dataset):
     """Items ready for `LLMSeg.forward`, one per sample.
 
