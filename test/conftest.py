@@ -32,3 +32,14 @@ def untrained_tiny_model(untrained_tiny_config):
     from llmseg_model.model import LLMSeg
 
     return LLMSeg.from_config(untrained_tiny_config, load_trained=False)
+
+
+@pytest.fixture
+def scene_renders(monkeypatch) -> list:
+    """Records every procedural scene render (generate_scene call) made while a test runs."""
+    import llmseg_model.data.procedural as procedural
+
+    calls: list = []
+    real = procedural.generate_scene
+    monkeypatch.setattr(procedural, "generate_scene", lambda *a: calls.append(a) or real(*a))
+    return calls

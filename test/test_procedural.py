@@ -196,13 +196,9 @@ def test_bad_input() -> None:
         ProceduralConfig(height=32)
 
 
-def test_samples_do_not_re_render_evicted_scenes(monkeypatch) -> None:
+def test_samples_do_not_re_render_evicted_scenes(scene_renders) -> None:
     """Random-order training reads samples of thousands of scenes; only pixels need a render."""
-    import llmseg_model.data.procedural as procedural
-
-    calls = []
-    real = procedural.generate_scene
-    monkeypatch.setattr(procedural, "generate_scene", lambda *a: calls.append(a) or real(*a))
+    calls = scene_renders
     data = ProceduralDataset("val", 3, cache_size=1)
     texts = [data[i].texts for i in range(len(data))]
     assert len(calls) == 3

@@ -80,12 +80,8 @@ def test_sharded_precompute_fills_one_cache(tmp_path, generator):
         precompute([data], open_cache(tmp_path, generator), shard=(2, 2), progress=False)
 
 
-def test_precompute_renders_only_the_images_it_computes(tmp_path, generator, monkeypatch):
-    import llmseg_model.data.procedural as procedural
-
-    rendered = []
-    real = procedural.generate_scene
-    monkeypatch.setattr(procedural, "generate_scene", lambda *a: rendered.append(a) or real(*a))
+def test_precompute_renders_only_the_images_it_computes(tmp_path, generator, scene_renders):
+    rendered = scene_renders
     stats = precompute([ProceduralDataset("train", 4, SCENES)], open_cache(tmp_path, generator), shard=(0, 2), progress=False)
     assert len(rendered) == stats.computed < 4  # the other shard's scenes are never drawn
     rendered.clear()
