@@ -40,7 +40,7 @@ from llmseg_model.config import LLMSegConfig, preset_with_overrides
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
 from llmseg_model.metrics import IoUAccumulator, intersection_union, iou_from_counts, proposal_overlaps
-from llmseg_model.proposals import Proposals
+from llmseg_model.modeling.proposals import Proposals
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config()
     if "llmseg" in config.methods and model is None:
-        from llmseg_model.model import LLMSeg
+        from llmseg_model.modeling.model import LLMSeg
 
         model = LLMSeg.from_config(model_config, device=config.device)
     if "llmseg" in config.methods:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from llmseg_model.config import WeightPaths, preset_config
-from llmseg_model.model import LLMSeg
+from llmseg_model.modeling.model import LLMSeg
 
 logger = logging.getLogger("llmseg_model.demo")
 

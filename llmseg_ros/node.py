@@ -207,7 +207,7 @@ class SegmentationNode(LifecycleNode):
         self._active = False
         self._configured = False
         self._config: LLMSegConfig | None = None
-        self._model: Any = None  # llmseg_model.model.LLMSeg, imported lazily (torch is slow to import)
+        self._model: Any = None  # llmseg_model.modeling.model.LLMSeg, imported lazily (torch is slow to import)
         self._model_error: str | None = None
         self._feature_cache: collections.OrderedDict[int, tuple[Any, Any]] = collections.OrderedDict()
         self._worker: Any = None
@@ -385,7 +385,7 @@ class SegmentationNode(LifecycleNode):
         """Load the model the parameters describe (slow: imports torch and reads the weights)."""
         import torch
 
-        from llmseg_model.model import LLMSeg
+        from llmseg_model.modeling.model import LLMSeg
 
         device = self._parameter("device")
         if self._parameter("num_threads"):

@@ -15,8 +15,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 
 mkdir -p "$OUT"
 # Step counts are PretrainConfig's defaults (SAM 1000, DINOv2 3000).
-"$PY" -m llmseg_model.pretrain_tiny --out "$OUT"
-"$PY" -m llmseg_model.tiny_weights --out "$OUT" --parts llava
+"$PY" -m llmseg_model.tiny.pretrain --out "$OUT"
+"$PY" -m llmseg_model.tiny.weights --out "$OUT" --parts llava
 rm -rf cache/tiny_proposals runs/tiny
 "$PY" -m llmseg_model.data.proposal_cache --train-config config/train_tiny.yaml --shard 0/2 --no-progress &
 shard0=$!
@@ -31,7 +31,7 @@ cp -r runs/tiny/llmseg "$OUT/llmseg"
 # Tiny preset: held-out report
 
 Shipped weights built by `make tiny-weights` (scripts/build_tiny.sh): SAM and DINOv2 pretrained on
-procedural scenes (llmseg_model.pretrain_tiny), then LLM-Seg trained with config/train_tiny.yaml
+procedural scenes (llmseg_model.tiny.pretrain), then LLM-Seg trained with config/train_tiny.yaml
 (the shipped LLM-Seg weights on one H100 in float32, 7 min; the same config runs on a CPU).
 Scored by `python -m llmseg_model.benchmark --config config/benchmark_tiny.yaml` on held-out *test*
 scenes (a seed stream training never sees), with random-proposal and oracle-proposal baselines from

@@ -15,7 +15,7 @@ torch.set_num_threads(1)  # see scripts/run_tests.sh: oversubscribed OpenMP thre
 @pytest.fixture(scope="session")
 def untrained_tiny_config(tmp_path_factory) -> LLMSegConfig:
     """tiny_config() whose weight paths point at freshly written random base weights."""
-    from llmseg_model.tiny_weights import write_base_weights
+    from llmseg_model.tiny.weights import write_base_weights
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     config = tiny_config()
@@ -29,7 +29,7 @@ def untrained_tiny_config(tmp_path_factory) -> LLMSegConfig:
 
 @pytest.fixture(scope="session")
 def untrained_tiny_model(untrained_tiny_config):
-    from llmseg_model.model import LLMSeg
+    from llmseg_model.modeling.model import LLMSeg
 
     return LLMSeg.from_config(untrained_tiny_config, load_trained=False)
 

@@ -19,7 +19,7 @@ from llmseg_model.data.mixing import DatasetSpec
 from llmseg_model.data.proposal_cache import ProposalCache
 from llmseg_model.data.reasonseg import ReasonSegDataset
 from llmseg_model.metrics import image_iou
-from llmseg_model.proposals import Proposals, ProposalGenerator, build_sam
+from llmseg_model.modeling.proposals import Proposals, ProposalGenerator, build_sam
 
 REPO = Path(__file__).resolve().parents[1]
 LOW_THRESHOLDS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "points_per_side": 4}

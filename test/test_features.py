@@ -3,7 +3,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from llmseg_model.config import FeatureConfig
-from llmseg_model.features import MaskFeatureExtractor
+from llmseg_model.modeling.features import MaskFeatureExtractor
 
 
 def make():

@@ -1,7 +1,7 @@
 import torch
 
 from llmseg_model.config import FusionConfig
-from llmseg_model.fusion import FusionTransformer
+from llmseg_model.modeling.fusion import FusionTransformer
 
 
 def make(dim=32):

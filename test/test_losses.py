@@ -3,7 +3,7 @@ import math
 import torch
 
 from llmseg_model.config import LossConfig
-from llmseg_model.losses import alignment_loss, iop_loss, llmseg_loss, proposal_targets
+from llmseg_model.modeling.losses import alignment_loss, iop_loss, llmseg_loss, proposal_targets
 
 
 def test_alignment_loss_is_kl_of_tempered_softmaxes():

@@ -13,7 +13,7 @@ from llmseg_model.metrics import (
     intersection_union,
     proposal_overlaps,
 )
-from llmseg_model.proposals import encode_rles
+from llmseg_model.modeling.proposals import encode_rles
 
 
 def reference_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:

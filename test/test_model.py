@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmseg_model.config import LLMSegConfig, paper_config, tiny_config
-from llmseg_model.model import LLMSeg, vlm_dtype
+from llmseg_model.modeling.model import LLMSeg, vlm_dtype
 from llmseg_model.data.procedural import ProceduralDataset
 
 

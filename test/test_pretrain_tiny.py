@@ -11,7 +11,7 @@ from transformers import Dinov2Model
 
 from llmseg_model.config import tiny_config
 from llmseg_model.data.procedural import COLOURS
-from llmseg_model.pretrain_tiny import (
+from llmseg_model.tiny.pretrain import (
     DenseHead,
     main,
     probe_dinov2,
@@ -27,7 +27,7 @@ from llmseg_model.pretrain_tiny import (
     sample_prompts,
     validation_scenes,
 )
-from llmseg_model.proposals import build_sam
+from llmseg_model.modeling.proposals import build_sam
 
 # Measured with the shipped weights: proposals on 24 val scenes reach mean best IoU 0.86 (also 0.86 on the
 # 4 test scenes below); the pooled-feature probe scores colour 1.00, category 0.87, size 0.80 here

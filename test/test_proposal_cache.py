@@ -14,7 +14,7 @@ from llmseg_model.data import proposal_cache as pc
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.procedural import ProceduralConfig, ProceduralDataset
 from llmseg_model.data.proposal_cache import CacheMismatchError, ProposalCache, precompute, sam_fingerprint
-from llmseg_model.proposals import Proposals, ProposalGenerator, build_sam
+from llmseg_model.modeling.proposals import Proposals, ProposalGenerator, build_sam
 
 SCENES = ProceduralConfig(height=64, width=80, instructions_per_scene=2)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llmseg_model.config import tiny_config
-from llmseg_model.proposals import ProposalGenerator, Proposals, build_sam, check_image, resize_long_side
+from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image, resize_long_side
 
 
 def test_from_masks_sorts_by_area_and_round_trips():

@@ -215,7 +215,7 @@ def test_compressed_input_through_the_model(untrained_node):
 def shipped_weights_present() -> bool:
     from llmseg_model.config import TINY_WEIGHTS_DIR
 
-    return (TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors").is_file()  # llmseg_model.model.WEIGHTS_FILE
+    return (TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors").is_file()  # llmseg_model.modeling.model.WEIGHTS_FILE
 
 
 @pytest.mark.skipif(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from llmseg_model.config import SelectionConfig
-from llmseg_model.selection import select_proposals, validate_selection_config
+from llmseg_model.modeling.selection import select_proposals, validate_selection_config
 
 
 def test_union_of_proposals_over_threshold_best_first():

@@ -14,7 +14,7 @@ import pytest
 from llmseg_model.config import preset_config
 from llmseg_model.data.procedural import ProceduralDataset
 from llmseg_model.metrics import IoUAccumulator
-from llmseg_model.model import LLMSeg
+from llmseg_model.modeling.model import LLMSeg
 
 SCENES = 12
 MIN_GIOU = 0.7  # measured 0.75 on these 12 scenes (0.71 on 100 test scenes, 0.76 on the first 40)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llmseg_model.config import tiny_config
-from llmseg_model.vlm import SegVLM, clean_instruction
+from llmseg_model.modeling.vlm import SegVLM, clean_instruction
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from llmseg_model.cli import exit_on_bad_input
 from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, preset_config
 from llmseg_model.data.sample import SegSample
-from llmseg_model.proposals import Proposals, ProposalGenerator, build_sam
+from llmseg_model.modeling.proposals import Proposals, ProposalGenerator, build_sam
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
     specs = [DatasetSpec.parse(text) for text in args.data]
     cache_dir = args.cache_dir
     if args.train_config:
-        from llmseg_model.train import TrainConfig
+        from llmseg_model.train_config import TrainConfig
 
         train_config = TrainConfig.from_yaml(args.train_config)
         config = train_config.model_config()

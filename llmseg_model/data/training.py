@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from llmseg_model.data.sample import IGNORE_INDEX, SegSample
-from llmseg_model.losses import proposal_targets
-from llmseg_model.proposals import Proposals
+from llmseg_model.modeling.losses import proposal_targets
+from llmseg_model.modeling.proposals import Proposals
 
 
 class TrainingSet(Dataset):

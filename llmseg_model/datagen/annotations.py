@@ -280,7 +280,7 @@ class BoxMasker:
     @classmethod
     def from_config(cls, config: BoxMaskConfig) -> "BoxMasker":
         from llmseg_model.config import preset_config
-        from llmseg_model.proposals import build_sam
+        from llmseg_model.modeling.proposals import build_sam
 
         if not config.sam_checkpoint and not config.allow_random_weights:
             raise ValueError(

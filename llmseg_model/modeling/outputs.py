@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmseg_model.proposals import Proposals
+from llmseg_model.modeling.proposals import Proposals
 
 
 @dataclass

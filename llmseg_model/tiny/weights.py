@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model
 
 from llmseg_model.config import LLMSegConfig, WeightPaths, tiny_config
-from llmseg_model.proposals import build_sam
-from llmseg_model.tiny_llava import TinyLlavaConfig, build_tiny_llava, save_tiny_llava, train_tokenizer
+from llmseg_model.modeling.proposals import build_sam
+from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, save_tiny_llava, train_tokenizer
 
 
 def tiny_dinov2_config() -> Dinov2Config:

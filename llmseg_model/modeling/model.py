@@ -24,13 +24,13 @@ from torch import nn
 from transformers import Dinov2Model
 
 from llmseg_model.config import LLMSegConfig, preset_config
-from llmseg_model.features import MaskFeatureExtractor
-from llmseg_model.fusion import FusionTransformer
-from llmseg_model.losses import LossOutput, llmseg_loss
-from llmseg_model.outputs import FrameFeatures, Result
-from llmseg_model.proposals import ProposalGenerator, build_sam, check_image
-from llmseg_model.selection import select_proposals
-from llmseg_model.vlm import SegVLM, clean_instruction
+from llmseg_model.modeling.features import MaskFeatureExtractor
+from llmseg_model.modeling.fusion import FusionTransformer
+from llmseg_model.modeling.losses import LossOutput, llmseg_loss
+from llmseg_model.modeling.outputs import FrameFeatures, Result
+from llmseg_model.modeling.proposals import ProposalGenerator, build_sam, check_image
+from llmseg_model.modeling.selection import select_proposals
+from llmseg_model.modeling.vlm import SegVLM, clean_instruction
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ No small pretrained SAM or DINOv2 exists offline, so the tiny preset trains its 
   background, plus the object's centre and area), so mask-pooled patch features carry what the
   reasoning needs. The head is thrown away; only the Dinov2Model is saved.
 
-Run: python -m llmseg_model.pretrain_tiny --out llmseg_model/weights/tiny  (defaults = the shipped recipe)
+Run: python -m llmseg_model.tiny.pretrain --out llmseg_model/weights/tiny  (defaults = the shipped recipe)
 Shipped weights (one torch thread, shared 2-core CPU): SAM 1000 steps (~23 min), DINOv2 3000 steps
 (~37 min). Held-out val: proposals' best IoU per object 0.86, recall@0.5 0.93; `probe_dinov2` (a
 linear probe on mask-pooled DINOv2 features, 300 train / 100 val scenes) reads colour 1.00, category
@@ -36,7 +36,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from llmseg_model.config import ProposalConfig, SamConfig, tiny_config
 from llmseg_model.data.procedural import CATEGORIES, COLOURS, SIZES, SPLITS, ProceduralConfig, Scene, render_scene
-from llmseg_model.proposals import ProposalGenerator, build_sam
+from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
 
 logger = logging.getLogger(__name__)
 
