@@ -25,3 +25,7 @@ class SegSample:
     load_mask: Callable[[], np.ndarray]  # -> (H, W) uint8 in {0, 1, 255}
     source: str = ""  # data set name, for mixing ratios and reports
     answers: list[str] = field(default_factory=list)  # reference answer text per instruction, if any
+    # True when `texts` are short phrases or class names ("the red cup", "chair") rather than full
+    # sentences: the published model wraps the two in different question templates
+    # (VlmConfig.phrase_* vs sentence templates), so readers say which they have.
+    phrase: bool = False
