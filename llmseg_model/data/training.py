@@ -100,7 +100,7 @@ class TrainingSet(Dataset):
         else:
             gt_iou, gt_iop = self._targets(sample, proposals)
             self._keep_targets(target_key, (gt_iou, gt_iop))
-        return {**part, "gt_iou": gt_iou, "gt_iop": gt_iop, "instruction": instruction, "image_id": sample.image_id}
+        return {**part, "gt_iou": gt_iou, "gt_iop": gt_iop, "instruction": instruction, "phrase": sample.phrase, "image_id": sample.image_id}
 
     def prefill(self, num_workers: int, batch_size: int = 16, progress: bool = True) -> None:
         """Memoise every sample before training: `num_workers` processes render, decode and compute
@@ -185,9 +185,10 @@ class _PrefillWork(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensors; keep instructions and ids as lists."""
+    """Stack tensors; keep instructions, their phrase flags and ids as lists."""
     keys = [k for k in items[0] if isinstance(items[0][k], torch.Tensor)]
     batch = {key: torch.stack([item[key] for item in items]) for key in keys}
     batch["instructions"] = [item["instruction"] for item in items]
+    batch["phrases"] = [item.get("phrase", False) for item in items]
     batch["image_ids"] = [item["image_id"] for item in items]
     return batch
