@@ -9,6 +9,8 @@ unique to this test session, so parallel sessions do not hear each other.
 from __future__ import annotations
 
 import os
+import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,12 +28,26 @@ PARAMS_FILE = REPO / "config" / "llmseg_node.yaml"
 TRANSPORTS = "SHM?max_msg_size=4MB&sockets_size=16MB"
 
 
+# Every node and client of this test session lives under this namespace: a second guard, beside the
+# domain id, against hearing another session's /llmseg (two sessions may still share a domain).
+SESSION_NAMESPACE = f"/test_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def session_domain_id(env: dict[str, str]) -> str:
+    """The ROS domain of this test session: the one it was given (LLMSEG_TEST_DOMAIN_ID, else
+    ROS_DOMAIN_ID, as scripts/run_tests.sh exports a random one), else a random one of its own."""
+    given = env.get("LLMSEG_TEST_DOMAIN_ID") or env.get("ROS_DOMAIN_ID")
+    return given if given else str(random.SystemRandom().randint(100, 199))
+
+
+_DOMAIN_ID = session_domain_id(dict(os.environ))
+
+
 def ros_environment() -> dict[str, str]:
     """The environment both processes run with: SHM transport, private domain, this repository first."""
     env = dict(os.environ)
     env["FASTDDS_BUILTIN_TRANSPORTS"] = TRANSPORTS
-    env.setdefault("LLMSEG_TEST_DOMAIN_ID", str(1 + os.getpid() % 100))
-    env["ROS_DOMAIN_ID"] = env["LLMSEG_TEST_DOMAIN_ID"]
+    env["ROS_DOMAIN_ID"] = _DOMAIN_ID
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
@@ -75,8 +91,8 @@ class NodeProcess:
     def __init__(self, env: dict[str, str], log_path: Path, params: dict[str, Any] | None = None,
                  namespace: str = "", extra_args: list[str] | None = None) -> None:
         args = [sys.executable, "-m", "llmseg_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
-        if namespace:  # tests that run nodes side by side keep them apart by namespace
-            args += ["-r", f"__ns:={namespace}"]
+        # Tests that run nodes side by side keep them apart by namespace, all under the session's.
+        args += ["-r", f"__ns:={session_namespace(namespace)}"]
         for name, value in (params or {}).items():
             args += ["-p", f"{name}:={_yaml(value)}"]
         args += extra_args or []
@@ -106,6 +122,11 @@ class NodeProcess:
         self.stop()
 
 
+def session_namespace(namespace: str = "") -> str:
+    """A test's namespace ("" or "/name") inside this session's own namespace."""
+    return SESSION_NAMESPACE + ("/" + namespace.strip("/") if namespace.strip("/") else "")
+
+
 def _yaml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -128,12 +149,13 @@ class RosClient:
         from llmseg_interfaces.srv import Segment
         from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS, RESULT_QOS, DEBUG_IMAGE_QOS
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters
+        from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 
-        self.target = f"{namespace.rstrip('/')}/{node_name}"
+        namespace = session_namespace(namespace)
+        self.target = f"{namespace}/{node_name}"
         self.context = Context()
         rclpy.init(context=self.context, args=[])
-        self.node = rclpy.create_node("llmseg_test_client", namespace=namespace or None, context=self.context)
+        self.node = rclpy.create_node("llmseg_test_client", namespace=namespace, context=self.context)
         self.image_pub = self.node.create_publisher(Image, "image", IMAGE_QOS)
         self.compressed_pub = self.node.create_publisher(CompressedImage, "image/compressed", IMAGE_QOS)
         self.instruction_pub = self.node.create_publisher(Instruction, "instruction", INSTRUCTION_QOS)
@@ -149,6 +171,9 @@ class RosClient:
         self.change_state_client = self.node.create_client(ChangeState, f"{self.target}/change_state")
         self.get_state_client = self.node.create_client(GetState, f"{self.target}/get_state")
         self.set_parameters_client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
+        self.get_parameters_client = self.node.create_client(GetParameters, f"{self.target}/get_parameters")
+        self.describe_parameters_client = self.node.create_client(
+            DescribeParameters, f"{self.target}/describe_parameters")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -220,6 +245,14 @@ class RosClient:
         request = SetParameters.Request()
         request.parameters = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
         return list(self.call(self.set_parameters_client, request).results)
+
+    def get_parameters(self, *names: str) -> dict[str, Any]:
+        """The node's current values of these parameters (None for unset ones)."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        values = self.call(self.get_parameters_client, GetParameters.Request(names=list(names))).values
+        return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
 
     def wait_connected(self, timeout: float = 30.0, images: bool = True) -> None:
         """Until the node's subscriptions (images too, unless remapped elsewhere) and result publisher match ours."""
