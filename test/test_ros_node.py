@@ -178,16 +178,6 @@ def test_image_stamp_lookup(lazy_node):
     assert "no frame with stamp" in future.error
 
 
-def test_negative_image_stamp_is_a_bad_instruction(lazy_node):
-    from builtin_interfaces.msg import Time
-
-    node, client = lazy_node
-    client.instruct("negative-stamp", "the red ball", image_stamp=Time(sec=-1, nanosec=0))
-    result = client.wait_result("negative-stamp")
-    assert status_of(result) == "BAD_INSTRUCTION" and "negative" in result.error
-    assert node.process.poll() is None
-
-
 def test_parameter_callback(lazy_node):
     node, client = lazy_node
     bad = client.set_parameters(**{"selection.iop_threshold": 1.5})[0]
