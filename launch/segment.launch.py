@@ -10,6 +10,10 @@ Launch arguments:
     preset       tiny | paper; overrides the params file's preset (default: "" = keep it)
     autostart    configure and activate at start (default: true); false leaves it to a lifecycle manager
     log_level    ROS log level (default: info)
+    dds_transports  FASTDDS_BUILTIN_TRANSPORTS for the node (default: the environment's, else
+                 SHM?max_msg_size=4MB&sockets_size=16MB, without which Fast DDS drops most
+                 camera-sized best-effort frames); "" leaves Fast DDS's default. Processes that
+                 talk to the node need the same setting: export it in their shells too.
 
 The node is a managed (lifecycle) node; with autostart it drives itself to active, otherwise use
 `ros2 lifecycle set /llmseg configure` and `... activate`.
@@ -17,12 +21,15 @@ The node is a managed (lifecycle) node; with autostart it drives itself to activ
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+
+SHM_TRANSPORTS = "SHM?max_msg_size=4MB&sockets_size=16MB"
 
 
 def default_params_file() -> str:
@@ -42,7 +49,15 @@ def node_actions(context, *args, **kwargs):
     parameters = [LaunchConfiguration("params_file").perform(context), {"autostart": autostart}]
     if preset:
         parameters.append({"preset": preset})
-    return [
+    transports = LaunchConfiguration("dds_transports").perform(context)
+    actions = []
+    if transports:
+        actions += [
+            SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", transports),
+            LogInfo(msg=f"llmseg: FASTDDS_BUILTIN_TRANSPORTS={transports} (processes that talk to the node need the "
+                        "same setting; dds_transports:='' leaves Fast DDS's default)"),
+        ]
+    return actions + [
         LifecycleNode(
             package="llmseg_ros",
             executable="llmseg_node",
@@ -66,6 +81,10 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("preset", default_value="", description="tiny | paper; empty keeps the params file's"),
             DeclareLaunchArgument("autostart", default_value="true", description="configure and activate at start"),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
+            DeclareLaunchArgument(
+                "dds_transports", default_value=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_TRANSPORTS),
+                description="FASTDDS_BUILTIN_TRANSPORTS for the node ('' = Fast DDS's default)",
+            ),
             OpaqueFunction(function=node_actions),
         ]
     )
