@@ -1,18 +1,26 @@
-"""Received frames: safe stamps, a buffer bounded by time and count, and transport-drop accounting.
+"""Received frames: safe stamps, a buffer bounded by time and count, the features cached per frame,
+transport-drop accounting, and which frame an instruction is about.
 
 The image callback only validates a frame's header (cheap, no copy) and stores it here; decoding
 waits until an instruction needs the frame. Instructions may name a frame by stamp, so the buffer
-keeps the recent past (`frame_buffer_seconds`, at most `frame_buffer_size` frames), and an
-instruction naming a frame that has not arrived yet can wait for it.
+keeps the recent past (`frame_buffer_seconds`, at most `frame_buffer_size` frames), frames whose
+features are cached stay findable, and an instruction naming a frame that has not arrived yet can
+wait for it.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from sensor_msgs.msg import CompressedImage
+
+from llmseg_interfaces.msg import SegmentationResult
+from llmseg_ros import conversions
 
 NS = 1_000_000_000
 
@@ -126,3 +134,129 @@ class DropCounter:
             counts = (self.received, self.lost)
             self.received = self.lost = 0
             return counts
+
+
+def make_frame(msg: Any, seq: int | None, max_side: int, max_bytes: int, now_ns: int) -> Frame:
+    """A Frame for a received Image / CompressedImage, checked from its header alone; a refused
+    frame keeps its header (for the answer) but not its data."""
+    stamp = stamp_to_ns(msg.header.stamp)
+    error = ""
+    if stamp is None:
+        error = f"header stamp is negative ({msg.header.stamp.sec} s)"
+    else:
+        try:
+            if isinstance(msg, CompressedImage):
+                conversions.check_compressed(msg, max_bytes)
+            else:
+                conversions.check_image(msg, max_side, max_bytes)
+        except ValueError as invalid:
+            error = str(invalid)
+    return Frame(seq, None if error else msg, msg.header, stamp or now_ns, error=error)
+
+
+@dataclass
+class CachedFrame:
+    """A frame whose proposals and features are kept for further instructions."""
+
+    frame: Frame
+    features: Any  # llmseg_model FrameFeatures
+    rgb: Any  # the decoded image, for the overlay
+
+
+@dataclass
+class Pick:
+    """Which frame an instruction is about, or a status saying why there is none."""
+
+    frame: Frame | None = None
+    cached: CachedFrame | None = None
+    status: int = 0
+    error: str = ""
+    late: str = ""  # set when the frame is much older than the stream's frame interval
+
+
+class FrameStore:
+    """The frame buffer and the feature cache of one configured node, and frame statistics."""
+
+    def __init__(self, size: int, seconds: float, cache_size: int) -> None:
+        self.buffer = FrameBuffer(size, seconds)
+        self.cache: collections.OrderedDict[int, CachedFrame] = collections.OrderedDict()  # worker thread only
+        self.cache_size = cache_size
+        self.drops = DropCounter()
+        self.interval = 0.0  # smoothed seconds between received frames (0: unknown)
+        self._last_arrival = 0.0
+        self._seq = itertools.count()
+
+    def arrived(self, info: Any) -> int:
+        """Account for a received frame (rclpy MessageInfo); returns its sequence number here."""
+        self.drops.count(info)
+        now = time.monotonic()
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            self.interval = gap if not self.interval else 0.8 * self.interval + 0.2 * gap
+        self._last_arrival = now
+        return next(self._seq)
+
+    def remember(self, frame: Frame, features: Any, rgb: Any) -> None:
+        if frame.seq is None:  # a service request's own image
+            return
+        self.cache[frame.seq] = CachedFrame(frame, features, rgb)
+        self.cache.move_to_end(frame.seq)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.buffer.clear()
+
+    def pick(self, image_stamp_ns: int, runtime: dict[str, Any], now_ns: int) -> Pick:
+        """The newest frame, or the one named by stamp. Validity is checked before staleness: a
+        bad frame is BAD_IMAGE, whatever its age."""
+        if image_stamp_ns:
+            pick = self._find_stamp(image_stamp_ns, runtime)
+        else:
+            frame = self.buffer.newest()
+            pick = Pick(frame, self.cache.get(frame.seq)) if frame is not None else Pick(
+                status=SegmentationResult.NO_IMAGE, error="no image received yet")
+        if pick.status:
+            return pick
+        frame = pick.frame
+        if frame.error:
+            return Pick(frame, status=SegmentationResult.BAD_IMAGE, error=frame.error)
+        if image_stamp_ns:  # asked for by name: its age is the caller's business
+            return pick
+        age = (now_ns - frame.stamp_ns) / NS
+        if runtime["max_image_age"] and age > runtime["max_image_age"]:
+            return Pick(frame, status=SegmentationResult.STALE_IMAGE, error=(
+                f"the latest frame is {age:.2f} s old; max_image_age is {runtime['max_image_age']} s"))
+        if self.interval and age > 3 * self.interval + 0.1:
+            pick.late = (f"the frame used is {age:.2f} s old while frames arrive every {self.interval:.3f} s: "
+                         "newer frames are not arriving (lost in transport?)")
+        return pick
+
+    def _lookup(self, stamp_ns: int, tolerance: int) -> Pick | None:
+        for entry in list(self.cache.values()):
+            if abs(entry.frame.stamp_ns - stamp_ns) <= tolerance:
+                return Pick(entry.frame, entry)
+        frame = self.buffer.find(stamp_ns, tolerance)
+        return Pick(frame, self.cache.get(frame.seq)) if frame is not None else None
+
+    def _find_stamp(self, stamp_ns: int, runtime: dict[str, Any]) -> Pick:
+        """Among cached features, then buffered frames, waiting briefly for one newer than every
+        frame received so far."""
+        tolerance = int(runtime["image_stamp_tolerance"] * NS)
+        found = self._lookup(stamp_ns, tolerance)
+        if found is None and runtime["image_stamp_wait"]:
+            if self.buffer.wait_for_stamp(stamp_ns - tolerance, runtime["image_stamp_wait"]):
+                found = self._lookup(stamp_ns, tolerance)
+        if found is not None:
+            return found
+        known = [f.stamp_ns for f in self.buffer.frames()] + [e.frame.stamp_ns for e in list(self.cache.values())]
+        if not known:
+            return Pick(status=SegmentationResult.NO_IMAGE, error="no image received yet")
+        if stamp_ns < min(known):
+            return Pick(status=SegmentationResult.STALE_IMAGE, error=(
+                f"frame {stamp_ns / NS:.3f} is no longer buffered (oldest {min(known) / NS:.3f}; "
+                "frame_buffer_seconds / frame_buffer_size keep more)"))
+        return Pick(status=SegmentationResult.NO_IMAGE, error=(
+            f"no frame with stamp {stamp_ns / NS:.3f} was received (buffered {min(known) / NS:.3f} .. "
+            f"{max(known) / NS:.3f}; lost in transport?)"))

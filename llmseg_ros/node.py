@@ -17,7 +17,6 @@ parameter value may end the process.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import functools
 import itertools
@@ -30,11 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import rclpy
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
@@ -44,8 +41,8 @@ from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_ros import conversions, parameters, results
-from llmseg_ros.frames import NS, DropCounter, Frame, FrameBuffer, stamp_to_ns
-from llmseg_ros.parameters import CONFIGURE, PRESET_PARAMETERS, RUNTIME, SPEC, SPECS, STARTUP
+from llmseg_ros.frames import Frame, FrameStore, make_frame, stamp_to_ns
+from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
 from llmseg_ros.worker import Worker
 
@@ -103,39 +100,20 @@ class Job:
     invalid: tuple[int, str] | None = None  # a status found while reading the message
 
 
-@dataclass
-class CachedFrame:
-    """A frame whose proposals and features are kept for further instructions."""
-
-    frame: Frame
-    features: Any  # llmseg_model FrameFeatures
-    rgb: Any  # the decoded image, for the overlay
-
-
 class SegmentationNode(LifecycleNode):
     """LLM-Seg behind ROS topics and a service, as a managed node."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._declare_parameters()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
         self._state_lock = threading.RLock()  # _active, _configured, _worker between executor threads
-        self._lock = threading.Lock()  # _runtime between executor and worker threads
-        self._runtime = {spec.name: spec.default for spec in SPECS if spec.phase == RUNTIME}
         self._active = False
         self._configured = False
+        self.parameters = NodeParameters(self, lambda: self._configured)
         self._config: LLMSegConfig | None = None
         self._model: Any = None  # llmseg_model.modeling.model.LLMSeg, imported lazily (torch is slow to import)
         self._model_error: str | None = None
-        self._frames = FrameBuffer(SPEC["frame_buffer_size"].default, SPEC["frame_buffer_seconds"].default)
-        self._frame_seq = itertools.count()
+        self._frames = FrameStore(SPEC["frame_buffer_size"].default, SPEC["frame_buffer_seconds"].default, 1)
         self._job_ids = itertools.count(1)
-        self._feature_cache: collections.OrderedDict[int, CachedFrame] = collections.OrderedDict()
-        self._feature_cache_size = 1
-        self._drops = DropCounter()
-        self._frame_interval = 0.0  # smoothed seconds between received frames (0: unknown)
-        self._last_frame_received = 0.0
         self._worker: Worker[Job] | None = None
         self._image_subscription: Any = None
         self._image_transport = SPEC["image_transport"].default
@@ -155,93 +133,16 @@ class SegmentationNode(LifecycleNode):
         self._image_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(DROP_REPORT_PERIOD, self._report_drops)
 
-    # ------------------------------------------------------------------ parameters
-    def _declare_parameters(self) -> None:
-        """Declare the table; remember what was given explicitly and what was refused at start."""
-        self._internal = threading.local()  # set while the node writes effective values itself
-        self._explicit: set[str] = set()  # preset-derived parameters the user gave a value
-        self._start_errors: dict[str, str] = {}  # values from the command line / params file that were refused
-        for spec in SPECS:
-            try:
-                parameter = self.declare_parameter(spec.name, spec.default, spec.descriptor())
-            except Exception as error:  # out of the descriptor's range: keep the default, fail configure
-                given = self._parameter_overrides.get(spec.name)
-                reason = parameters.check(spec.name, given.value) if given is not None else None
-                self._start_errors[spec.name] = f"{reason or error} (from the command line or params file)"
-                parameter = self.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=True)
-            if spec.preset_key and parameter.type_ != Parameter.Type.NOT_SET:
-                self._explicit.add(spec.name)
-        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
-                         if name not in SPEC and name != "use_sim_time" and not name.startswith("qos_overrides."))
-        if unknown:
-            self.get_logger().warning(f"unknown parameters ignored (typo?): {', '.join(unknown)}")
-
-    def _on_set_parameters(self, parameter_list: list[Parameter]) -> SetParametersResult:
-        """Runtime parameters change any time (checked); model parameters only while unconfigured."""
-        internal = getattr(self._internal, "active", False)
-        for parameter in parameter_list:
-            spec = SPEC.get(parameter.name)
-            if spec is None:  # rclpy's own (use_sim_time, qos_overrides.*): rclpy checks those
-                continue
-            if spec.phase == STARTUP:
-                return SetParametersResult(successful=False, reason=f"{spec.name} is read at start only")
-            if spec.phase == CONFIGURE and self._configured and not internal:
-                return SetParametersResult(
-                    successful=False, reason=f"{spec.name} takes effect on configure: cleanup the node first"
-                )
-            error = parameters.check(spec.name, parameter.value)
-            if error:
-                return SetParametersResult(successful=False, reason=error)
-        with self._lock:
-            for parameter in parameter_list:
-                if parameter.name in self._runtime:
-                    self._runtime[parameter.name] = parameters.coerce(parameter.name, parameter.value)
-                if not internal and parameter.name in SPEC:
-                    self._start_errors.pop(parameter.name, None)
-                    if SPEC[parameter.name].preset_key:
-                        self._explicit.add(parameter.name)
-        return SetParametersResult(successful=True)
-
-    def _value(self, name: str) -> Any:
-        """A parameter's value, checked and of its declared type; ValueError naming it otherwise."""
-        if name in self._start_errors:
-            raise ValueError(self._start_errors[name])
-        value = self.get_parameter(name).value
-        error = parameters.check(name, value)
-        if error:
-            raise ValueError(error)
-        return parameters.coerce(name, value)
-
-    def effective_values(self) -> dict[str, Any]:
-        """Every parameter's value: the preset's for model settings not given explicitly."""
-        preset = preset_config(self._value("preset"))
-        return {
-            spec.name: parameters.preset_value(preset, spec.name)
-            if spec.preset_key and spec.name not in self._explicit else self._value(spec.name)
-            for spec in SPECS
-        }
-
-    def _show_effective(self, values: dict[str, Any]) -> None:
-        """Write the preset-derived values into the parameters, so `ros2 param get` shows what runs."""
-        shown = [Parameter(name, value=values[name]) for name in PRESET_PARAMETERS if name not in self._explicit]
-        self._internal.active = True
-        try:
-            self.set_parameters(shown)
-        finally:
-            self._internal.active = False
-
     # ------------------------------------------------------------------ lifecycle
     @logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            values = self.effective_values()
+            values = self.parameters.effective()
         except ValueError as error:
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
         self._config = parameters.apply_to_config(preset_config(values["preset"]), values)
-        self._show_effective(values)
-        with self._lock:
-            self._runtime = {name: values[name] for name in self._runtime}
+        self.parameters.publish_effective(values)
         self._model_error = None
         if not values["lazy_model_load"]:
             try:
@@ -250,9 +151,8 @@ class SegmentationNode(LifecycleNode):
                 self.get_logger().error(f"configure failed: cannot load the {self._config.preset} model: {error}")
                 self._model = None
                 return TransitionCallbackReturn.FAILURE
-        self._frames = FrameBuffer(values["frame_buffer_size"], values["frame_buffer_seconds"])
-        self._feature_cache.clear()
-        self._feature_cache_size = values["feature_cache_size"]
+        self._frames = FrameStore(values["frame_buffer_size"], values["frame_buffer_seconds"],
+                                  values["feature_cache_size"])
         self._image_transport = values["image_transport"]
         with self._state_lock:
             self._worker = Worker(self._process, values["max_queue"])
@@ -331,7 +231,6 @@ class SegmentationNode(LifecycleNode):
         if worker is not None:
             for job in worker.stop(timeout=30.0):
                 self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node is shutting down"))
-        self._feature_cache.clear()
         self._frames.clear()
         if self._model is not None:
             self._model.release()
@@ -357,32 +256,12 @@ class SegmentationNode(LifecycleNode):
     @guarded
     def _on_image(self, msg: Image | CompressedImage, info: Any) -> None:
         """Check the header (no pixel is touched) and keep the frame; refused data is not kept."""
-        self._drops.count(info)
-        now = time.monotonic()
-        if self._last_frame_received:
-            interval = now - self._last_frame_received
-            self._frame_interval = interval if not self._frame_interval else 0.8 * self._frame_interval + 0.2 * interval
-        self._last_frame_received = now
-        self._frames.add(self._frame(msg, next(self._frame_seq)))
+        store = self._frames
+        store.buffer.add(self._frame(msg, store.arrived(info)))
 
     def _frame(self, msg: Image | CompressedImage, seq: int | None) -> Frame:
-        stamp = stamp_to_ns(msg.header.stamp)
-        error = ""
-        if stamp is None:
-            error = f"header stamp is negative ({msg.header.stamp.sec} s)"
-        else:
-            with self._lock:
-                max_side, max_bytes = self._runtime["max_image_side"], self._runtime["max_image_bytes"]
-            try:
-                if isinstance(msg, CompressedImage):
-                    conversions.check_compressed(msg, max_bytes)
-                else:
-                    conversions.check_image(msg, max_side, max_bytes)
-            except ValueError as invalid:
-                error = str(invalid)
-        if not stamp:
-            stamp = self.get_clock().now().nanoseconds
-        return Frame(seq, None if error else msg, msg.header, stamp, error=error)
+        limits = self.parameters["max_image_side"], self.parameters["max_image_bytes"]
+        return make_frame(msg, seq, *limits, self.get_clock().now().nanoseconds)
 
     @guarded
     def _on_instruction(self, msg: Instruction) -> None:
@@ -419,8 +298,7 @@ class SegmentationNode(LifecycleNode):
             job.image = self._frame(request.image, None)  # checked before anything is copied or queued
         request.image = Image()  # keep no reference to a large request while waiting
         self._submit(job)
-        with self._lock:
-            timeout = self._runtime["service_timeout"]
+        timeout = self.parameters["service_timeout"]
         try:
             return future.result(timeout=min(timeout, threading.TIMEOUT_MAX))
         except concurrent.futures.TimeoutError:
@@ -445,8 +323,7 @@ class SegmentationNode(LifecycleNode):
             return SegmentationResult.NOT_ACTIVE, "the node is not active"
         if job.invalid:
             return job.invalid
-        with self._lock:
-            max_chars = self._runtime["max_instruction_chars"]
+        max_chars = self.parameters["max_instruction_chars"]
         text = re.sub(r"\s+", " ", job.text).strip()
         if not text:
             return SegmentationResult.BAD_INSTRUCTION, "instruction text is empty"
@@ -461,10 +338,11 @@ class SegmentationNode(LifecycleNode):
 
     @guarded
     def _report_drops(self) -> None:
-        received, lost = self._drops.take()
+        received, lost = self._frames.drops.take()
         if lost:
             self.get_logger().warning(
-                f"{lost} of {received + lost} image frames were lost in transport in the last {DROP_REPORT_PERIOD:.0f} s "
+                f"{lost} of {received + lost} image frames were lost before the node took them in the last "
+                f"{DROP_REPORT_PERIOD:.0f} s "
                 "(best-effort images: set FASTDDS_BUILTIN_TRANSPORTS as docs/ros.md says, or "
                 "qos_overrides.<image topic>.subscription.reliability: reliable)"
             )
@@ -484,11 +362,17 @@ class SegmentationNode(LifecycleNode):
             self._publish_debug_images(result, rgb, labels)
 
     def _segment(self, job: Job, stages: dict[str, float]) -> tuple[SegmentationResult, Any, Any]:
-        with self._lock:
-            runtime = dict(self._runtime)
-        frame, cached, status, error = self._pick_frame(job, runtime)
-        if status:
-            return self._status(job, status, error, frame), None, None
+        runtime = self.parameters.snapshot()
+        store = self._frames
+        if job.image is not None:
+            frame, cached = job.image, None
+        else:
+            pick = store.pick(job.image_stamp_ns, runtime, self.get_clock().now().nanoseconds)
+            if pick.status:
+                return self._status(job, pick.status, pick.error, pick.frame), None, None
+            if pick.late:
+                self.get_logger().warning(f"instruction {job.id!r}: {pick.late}", throttle_duration_sec=10.0)
+            frame, cached = pick.frame, pick.cached
 
         start = time.monotonic()
         if cached is None:
@@ -509,13 +393,9 @@ class SegmentationNode(LifecycleNode):
             except ValueError as invalid:
                 return self._status(job, SegmentationResult.BAD_IMAGE, str(invalid), frame), None, None
             stages.update(features.timings)
-            if frame.seq is not None:
-                self._feature_cache[frame.seq] = CachedFrame(frame, features, rgb)
-                while len(self._feature_cache) > self._feature_cache_size:
-                    self._feature_cache.popitem(last=False)
         else:
             features = cached.features
-            self._feature_cache.move_to_end(frame.seq)
+        store.remember(frame, features, rgb)
 
         selection = model.config.selection
         selection.iop_threshold = runtime["selection.iop_threshold"]
@@ -533,67 +413,6 @@ class SegmentationNode(LifecycleNode):
         labels = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
         return result, rgb, labels
 
-    def _pick_frame(self, job: Job, runtime: dict[str, Any]) -> tuple[Frame | None, CachedFrame | None, int, str]:
-        """The frame an instruction is about (its own image, the one with its stamp, or the newest),
-        its cached features if any, or a nonzero status saying why there is none. Validity is
-        checked before staleness: a bad frame is BAD_IMAGE, whatever its age."""
-        if job.image is not None:
-            return job.image, None, 0, ""
-        if job.image_stamp_ns:
-            frame, cached, status, error = self._find_stamp(job.image_stamp_ns, runtime)
-        else:
-            frame = self._frames.newest()
-            cached = self._feature_cache.get(frame.seq) if frame is not None else None
-            status, error = (SegmentationResult.NO_IMAGE, "no image received yet") if frame is None else (0, "")
-        if status:
-            return frame, None, status, error
-        if frame.error:
-            return frame, None, SegmentationResult.BAD_IMAGE, frame.error
-        age = (self.get_clock().now().nanoseconds - frame.stamp_ns) / NS
-        if not job.image_stamp_ns and runtime["max_image_age"] and age > runtime["max_image_age"]:
-            return frame, None, SegmentationResult.STALE_IMAGE, (
-                f"the latest frame is {age:.2f} s old; max_image_age is {runtime['max_image_age']} s"
-            )
-        interval = self._frame_interval
-        if not job.image_stamp_ns and interval and age > 3 * interval + 0.1:
-            self.get_logger().warning(
-                f"instruction {job.id!r} uses a frame {age:.2f} s old while frames arrive every {interval:.3f} s: "
-                "newer frames are not arriving (lost in transport?)", throttle_duration_sec=10.0,
-            )
-        return frame, cached, 0, ""
-
-    def _find_stamp(self, stamp_ns: int, runtime: dict[str, Any]) -> tuple[Frame | None, CachedFrame | None, int, str]:
-        """A frame named by stamp: among cached features, then buffered frames, waiting briefly for
-        one newer than every frame received so far."""
-        tolerance = int(runtime["image_stamp_tolerance"] * NS)
-
-        def lookup() -> tuple[Frame | None, CachedFrame | None]:
-            for entry in list(self._feature_cache.values()):
-                if abs(entry.frame.stamp_ns - stamp_ns) <= tolerance:
-                    return entry.frame, entry
-            frame = self._frames.find(stamp_ns, tolerance)
-            return frame, self._feature_cache.get(frame.seq) if frame is not None else None
-
-        frame, cached = lookup()
-        if frame is None and runtime["image_stamp_wait"]:
-            if self._frames.wait_for_stamp(stamp_ns - tolerance, runtime["image_stamp_wait"]):
-                frame, cached = lookup()
-        if frame is not None:
-            return frame, cached, 0, ""
-        known = [f.stamp_ns for f in self._frames.frames()] + [e.frame.stamp_ns for e in self._feature_cache.values()]
-        if not known:
-            return None, None, SegmentationResult.NO_IMAGE, "no image received yet"
-        wanted = stamp_ns / NS
-        if stamp_ns < min(known):
-            return None, None, SegmentationResult.STALE_IMAGE, (
-                f"frame {wanted:.3f} is no longer buffered (oldest {min(known) / NS:.3f}; "
-                "frame_buffer_seconds / frame_buffer_size keep more)"
-            )
-        return None, None, SegmentationResult.NO_IMAGE, (
-            f"no frame with stamp {wanted:.3f} was received (buffered {min(known) / NS:.3f} .. {max(known) / NS:.3f}; "
-            "lost in transport?)"
-        )
-
     @staticmethod
     def _decode(msg: Image | CompressedImage, runtime: dict[str, Any]) -> Any:
         limits = runtime["max_image_side"], runtime["max_image_bytes"]
@@ -605,7 +424,7 @@ class SegmentationNode(LifecycleNode):
         """The model, built here on first use when lazy_model_load is set; None after a failed load."""
         if self._model is None and self._model_error is None:
             try:
-                self._model = self._build_model(self.effective_values())
+                self._model = self._build_model(self.parameters.effective())
             except Exception as error:
                 self._model_error = f"cannot load the {self._config.preset} model: {error}"
                 self.get_logger().error(self._model_error)
@@ -632,9 +451,7 @@ class SegmentationNode(LifecycleNode):
     def _publish_debug_images(self, result: SegmentationResult, rgb: Any, labels: Any) -> None:
         if self._mask_pub.get_subscription_count():
             self._mask_pub.publish(result.mask)
-        with self._lock:
-            publish_overlay = self._runtime["publish_overlay"]
-        if publish_overlay and self._overlay_pub.get_subscription_count():
+        if self.parameters["publish_overlay"] and self._overlay_pub.get_subscription_count():
             self._overlay_pub.publish(conversions.rgb_to_image(conversions.overlay(rgb, labels), result.header))
 
 

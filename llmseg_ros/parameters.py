@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 
-from llmseg_model.config import LLMSegConfig
+from llmseg_model.config import LLMSegConfig, preset_config
 
 CONFIGURE = "configure"  # read on configure; rejected while configured (cleanup first)
 RUNTIME = "runtime"  # change any time
@@ -174,3 +177,103 @@ def apply_to_config(config: LLMSegConfig, values: dict[str, Any]) -> LLMSegConfi
         elif name.startswith("weights.") and value:
             setattr(config.weights, name.split(".", 1)[1], value)
     return config
+
+
+class NodeParameters:
+    """The table declared on a node: checked sets, runtime values for the worker, effective values.
+
+    Remembers which preset-derived parameters were given explicitly (command line, params file,
+    `ros2 param set`): the others follow the preset. A value refused at start (out of its range)
+    leaves the default in place and fails configure with the reason until a good value is set.
+    """
+
+    def __init__(self, node: Node, configured: Callable[[], bool]) -> None:
+        self._node = node
+        self._configured = configured
+        self._internal = threading.local()  # set while the node writes effective values itself
+        self._lock = threading.Lock()  # runtime values between executor and worker threads
+        self.runtime = {spec.name: spec.default for spec in SPECS if spec.phase == RUNTIME}
+        self.explicit: set[str] = set()
+        self.start_errors: dict[str, str] = {}
+        overrides = getattr(node, "_parameter_overrides", {})  # rclpy has no public accessor
+        for spec in SPECS:
+            try:
+                parameter = node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            except Exception as error:  # out of the descriptor's range: keep the default, fail configure
+                given = overrides.get(spec.name)
+                reason = check(spec.name, given.value) if given is not None else None
+                self.start_errors[spec.name] = f"{reason or error} (from the command line or params file)"
+                parameter = node.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=True)
+            if spec.preset_key and parameter.type_ != Parameter.Type.NOT_SET:
+                self.explicit.add(spec.name)
+        unknown = sorted(name for name in overrides
+                         if name not in SPEC and name != "use_sim_time" and not name.startswith("qos_overrides."))
+        if unknown:
+            node.get_logger().warning(f"unknown parameters ignored (typo?): {', '.join(unknown)}")
+        node.add_on_set_parameters_callback(self.on_set)
+
+    def on_set(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        """Runtime parameters change any time (checked); model parameters only while unconfigured."""
+        internal = getattr(self._internal, "active", False)
+        for parameter in parameter_list:
+            spec = SPEC.get(parameter.name)
+            if spec is None:  # rclpy's own (use_sim_time, qos_overrides.*): rclpy checks those
+                continue
+            if spec.phase == STARTUP:
+                return SetParametersResult(successful=False, reason=f"{spec.name} is read at start only")
+            if spec.phase == CONFIGURE and self._configured() and not internal:
+                return SetParametersResult(
+                    successful=False, reason=f"{spec.name} takes effect on configure: cleanup the node first"
+                )
+            error = check(spec.name, parameter.value)
+            if error:
+                return SetParametersResult(successful=False, reason=error)
+        with self._lock:
+            for parameter in parameter_list:
+                if parameter.name in self.runtime:
+                    self.runtime[parameter.name] = coerce(parameter.name, parameter.value)
+                if not internal and parameter.name in SPEC:
+                    self.start_errors.pop(parameter.name, None)
+                    if SPEC[parameter.name].preset_key:
+                        self.explicit.add(parameter.name)
+        return SetParametersResult(successful=True)
+
+    def value(self, name: str) -> Any:
+        """A parameter's value, checked and of its declared type; ValueError naming it otherwise."""
+        if name in self.start_errors:
+            raise ValueError(self.start_errors[name])
+        value = self._node.get_parameter(name).value
+        error = check(name, value)
+        if error:
+            raise ValueError(error)
+        return coerce(name, value)
+
+    def effective(self) -> dict[str, Any]:
+        """Every parameter's value: the preset's for model settings not given explicitly."""
+        preset = preset_config(self.value("preset"))
+        return {
+            spec.name: preset_value(preset, spec.name)
+            if spec.preset_key and spec.name not in self.explicit else self.value(spec.name)
+            for spec in SPECS
+        }
+
+    def publish_effective(self, values: dict[str, Any]) -> None:
+        """Write the preset-derived values into the parameters, so `ros2 param get` shows what runs,
+        and take the runtime ones."""
+        shown = [Parameter(name, value=values[name]) for name in PRESET_PARAMETERS if name not in self.explicit]
+        self._internal.active = True
+        try:
+            self._node.set_parameters(shown)
+        finally:
+            self._internal.active = False
+        with self._lock:
+            self.runtime = {name: values[name] for name in self.runtime}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The runtime values now (one consistent copy for one instruction)."""
+        with self._lock:
+            return dict(self.runtime)
+
+    def __getitem__(self, name: str) -> Any:
+        with self._lock:
+            return self.runtime[name]

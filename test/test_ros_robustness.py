@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env  # noqa: F401
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(400)]
 
