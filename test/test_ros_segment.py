@@ -356,8 +356,10 @@ def test_node_and_library_agree_with_the_presets_fallback(trained_node):
     assert cases, "no instruction of this scene reaches the fallback; pick another held-out seed"
     text, threshold, best = cases[0]
 
-    client.publish_image(rgb_image(sample.image))
-    client.instruct("plain", sample.instructions[0].text)
+    image = rgb_image(sample.image)
+    client.publish_image(image)
+    # Both name the frame by stamp: found however long the first answer takes (no max_image_age).
+    client.instruct("plain", sample.instructions[0].text, image_stamp=image.header.stamp)
     result = client.wait_result("plain", timeout=120)
     assert status_of(result) == ("EMPTY" if plain.empty else "OK"), result.error
     np.testing.assert_array_equal(as_mask(result.mask), plain.mask)  # bit-identical to the library
@@ -365,7 +367,7 @@ def test_node_and_library_agree_with_the_presets_fallback(trained_node):
 
     assert client.set_parameters(**{"selection.iop_threshold": threshold})[0].successful
     try:
-        client.instruct("fallback", text)
+        client.instruct("fallback", text, image_stamp=image.header.stamp)
         result = client.wait_result("fallback", timeout=120)
     finally:
         assert client.set_parameters(**{"selection.iop_threshold": 0.5})[0].successful
