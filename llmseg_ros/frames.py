@@ -128,6 +128,11 @@ class DropCounter:
             self.lost += lost
             return lost
 
+    def restart(self) -> None:
+        """Forget the publishers' last numbers (frames sent while unsubscribed were never lost)."""
+        with self._lock:
+            self._last.clear()
+
     def take(self) -> tuple[int, int]:
         """(received, lost) since the last take."""
         with self._lock:
@@ -182,7 +187,7 @@ class FrameStore:
         self.cache: collections.OrderedDict[int, CachedFrame] = collections.OrderedDict()  # worker thread only
         self.cache_size = cache_size
         self.drops = DropCounter()
-        self.interval = 0.0  # smoothed seconds between received frames (0: unknown)
+        self._gaps: collections.deque[float] = collections.deque(maxlen=15)
         self._last_arrival = 0.0
         self._seq = itertools.count()
 
@@ -191,10 +196,16 @@ class FrameStore:
         self.drops.count(info)
         now = time.monotonic()
         if self._last_arrival:
-            gap = now - self._last_arrival
-            self.interval = gap if not self.interval else 0.8 * self.interval + 0.2 * gap
+            self._gaps.append(now - self._last_arrival)
         self._last_arrival = now
         return next(self._seq)
+
+    @property
+    def interval(self) -> float:
+        """Typical seconds between received frames: the median of the last gaps (0: unknown).
+        A median, so one pause in the stream does not hide that frames stopped later."""
+        gaps = sorted(self._gaps)
+        return gaps[len(gaps) // 2] if len(gaps) >= 3 else 0.0
 
     def remember(self, frame: Frame, features: Any, rgb: Any) -> None:
         if frame.seq is None:  # a service request's own image

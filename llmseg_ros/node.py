@@ -167,6 +167,7 @@ class SegmentationNode(LifecycleNode):
 
     @logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._frames.drops.restart()
         compressed = self._image_transport == "compressed"
         topic = self.resolve_topic_name("image") + "/compressed" if compressed else "image"
         try:

@@ -116,6 +116,17 @@ def test_large_service_request_is_refused_before_decoding(sturdy_node):
     assert [t.stage for t in result.timings] == ["total"]  # answered before the queue
 
 
+def test_old_frames_are_reported(sturdy_node):
+    """When frames stop arriving, an answer on the last one says so in the log (throttled)."""
+    node, client = sturdy_node
+    for _ in range(10):  # a 10 Hz stream, then silence
+        client.publish_image(rgb_image(np.zeros((48, 64, 3), np.uint8)), settle=0.1)
+    time.sleep(1.0)
+    client.instruct("late-frame", "the red ball")
+    assert client.wait_result("late-frame").status_name == "MODEL_ERROR"  # it reached the (missing) model
+    client.wait_for(lambda: "newer frames are not arriving" in node.log(), 10, "the warning in the log")
+
+
 # ----------------------------------------------------------------------------------------------- fuzz
 
 ENCODINGS = ["rgb8", "bgr8", "mono8", "mono16", "rgba16", "yuv422", "yuyv", "nv12", "bayer_rggb8", "bayer_grbg16",
