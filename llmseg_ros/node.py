@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import itertools
+import os
 import re
 import sys
 import threading
@@ -482,6 +483,11 @@ def main(args: list[str] | None = None) -> int:
         threads = (queue if parameters.check("max_queue", queue) is None else SPEC["max_queue"].default) + 4
         executor = MultiThreadedExecutor(num_threads=min(threads, 64))
         executor.add_node(node)
+        if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST" and os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"):
+            node.get_logger().warning(
+                "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: rmw_fastrtps then ignores FASTDDS_BUILTIN_TRANSPORTS and "
+                "large best-effort images are dropped (docs/ros.md)"
+            )
         autostart = node.get_parameter("autostart").value
         if parameters.check("autostart", autostart):
             node.get_logger().error(f"{parameters.check('autostart', autostart)}; not starting by itself")

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+from ros_helpers import (  # noqa: F401
+    NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, session_namespace, stamp_now,
+)
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(300)]
 
@@ -334,3 +336,28 @@ def test_bad_parameter_file_value_fails_configure_then_recovers(ros_env, tmp_pat
         client.instruct("after-fix", "")
         assert status_of(client.wait_result("after-fix")) == "BAD_INSTRUCTION"
     assert node.process.returncode == 0
+
+
+def test_image_qos_is_sensor_data_and_can_be_overridden(ros_env, tmp_path):
+    """Best effort by default (the sensor-data profile); a qos_overrides parameter makes it reliable."""
+    from rclpy.qos import ReliabilityPolicy
+
+    topic = session_namespace("qos") + "/image"
+    params = {"lazy_model_load": True, f"qos_overrides.{topic}.subscription.reliability": "reliable",
+              f"qos_overrides.{topic}.subscription.depth": 2}
+    with NodeProcess(ros_env, tmp_path / "node.log", params=params, namespace="/qos") as node, \
+            RosClient(namespace="/qos") as client:
+        client.wait_for_state("active")
+        client.wait_connected(images=False)  # our best-effort image publisher cannot match a reliable reader
+        client.wait_for(lambda: client.node.get_subscriptions_info_by_topic(topic), 30, "the image subscription")
+        infos = client.node.get_subscriptions_info_by_topic(topic)
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE], node.log()
+        name = f"qos_overrides.{topic}.subscription."  # the graph does not carry the depth: read it back
+        assert client.get_parameters(name + "reliability", name + "depth") == {
+            name + "reliability": "reliable", name + "depth": 2}
+    with NodeProcess(ros_env, tmp_path / "default.log", params={"lazy_model_load": True},
+                     namespace="/qos_default") as node, RosClient(namespace="/qos_default") as client:
+        client.wait_for_state("active")
+        client.wait_connected()
+        infos = client.node.get_subscriptions_info_by_topic(session_namespace("qos_default") + "/image")
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.BEST_EFFORT]
