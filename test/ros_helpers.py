@@ -26,6 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "llmseg_node.yaml"
 TRANSPORTS = "SHM?max_msg_size=4MB&sockets_size=16MB"
+DISCOVERY_GRACE = 1.0  # seconds for the node to see what this client already sees
 
 
 # Every node and client of this test session lives under this namespace: a second guard, beside the
@@ -165,6 +166,7 @@ class RosClient:
         self.text_pub = self.node.create_publisher(String, "instruction_text", INSTRUCTION_QOS)
         self._lock = threading.Condition()
         self.results: dict[str, list[Any]] = defaultdict(list)
+        self._used_clients: set[Any] = set()
         self.masks: list[Any] = []
         self.overlays: list[Any] = []
         self.node.create_subscription(SegmentationResult, "result", self._on_result, RESULT_QOS)
@@ -219,18 +221,33 @@ class RosClient:
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
             time.sleep(0.05)
 
-    def call(self, client: Any, request: Any, timeout: float = 30.0) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = 60.0, retry: bool = False) -> Any:
+        """Call a service of the node. Discovery is two-sided: the client may see the server before
+        the server sees the client's reply reader, and a response sent then is lost. So the first
+        call through a client waits a moment after the service is ready, and idempotent calls
+        (retry=True) are sent again when no response came."""
         self.wait_for(client.service_is_ready, timeout, f"service {client.srv_name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, timeout, f"a response from {client.srv_name}")
-        return future.result()
+        if client not in self._used_clients:
+            time.sleep(DISCOVERY_GRACE)
+            self._used_clients.add(client)
+        attempts = 3 if retry else 1
+        for attempt in range(attempts):
+            future = client.call_async(request)
+            try:
+                self.wait_for(future.done, timeout / attempts, f"a response from {client.srv_name}")
+                return future.result()
+            except TimeoutError:
+                client.remove_pending_request(future)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
-    def state(self, timeout: float = 30.0) -> str:
+    def state(self, timeout: float = 60.0) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return self.call(self.get_state_client, GetState.Request(), timeout).current_state.label
+        return self.call(self.get_state_client, GetState.Request(), timeout, retry=True).current_state.label
 
-    def wait_for_state(self, label: str, timeout: float = 60.0) -> None:
+    def wait_for_state(self, label: str, timeout: float = 120.0) -> None:
         self.wait_for(lambda: self.state(timeout) == label, timeout, f"lifecycle state {label}")
 
     def change_state(self, transition: str, timeout: float = 60.0) -> bool:
@@ -254,7 +271,7 @@ class RosClient:
         from rcl_interfaces.srv import GetParameters
         from rclpy.parameter import parameter_value_to_python
 
-        values = self.call(self.get_parameters_client, GetParameters.Request(names=list(names))).values
+        values = self.call(self.get_parameters_client, GetParameters.Request(names=list(names)), retry=True).values
         return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
 
     def wait_connected(self, timeout: float = 30.0, images: bool = True) -> None:
@@ -268,6 +285,7 @@ class RosClient:
             timeout,
             "the node's topics to match",
         )
+        time.sleep(DISCOVERY_GRACE)  # the node's side of the match may come a moment later
 
     def _resolved(self, name: str) -> str:
         return self.node.resolve_topic_name(name)
