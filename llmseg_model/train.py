@@ -125,6 +125,8 @@ def train(config: TrainConfig) -> Path:
     if accelerator.state.deepspeed_plugin is not None:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin, config, accumulation)
     set_seed(config.seed)
+    if not accelerator.is_main_process:  # the readers' and the model's info lines: once, from the main process
+        logging.getLogger("llmseg_model").setLevel(logging.WARNING)
     if config.cpu_threads > 0:
         torch.set_num_threads(config.cpu_threads)
     output_dir = Path(config.output_dir)
@@ -163,6 +165,7 @@ def train(config: TrainConfig) -> Path:
         memo_items=config.memo_images,
         seed=config.seed,
         queries=config.queries_per_image,
+        target_max_side=config.target_max_side,
     )
     if memo and config.prefill_workers:
         dataset.prefill(config.prefill_workers, progress=accelerator.is_local_main_process)

@@ -35,6 +35,7 @@ class TrainConfig:
     data_root: str = ""  # relative paths of datasets / val_datasets (path, image_root) are taken under it
     datasets: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec(kind="procedural", size=1000)])
     queries_per_image: int = 1  # questions asked about each drawn image (published: 3)
+    target_max_side: int = 1024  # IoU/IoP targets at SAM's input size, as published (0: native size)
     samples_per_epoch: int = 0  # images drawn per epoch over all processes (0: the mixed data sets' total)
     steps: int = 1000  # optimizer steps
     batch_size: int = 8  # images per process per micro-batch

@@ -1,5 +1,7 @@
-"""TrainingSet: memoised items, and a prefill with worker processes that fills exactly that memo."""
+"""TrainingSet: memoised items, a prefill with worker processes that fills exactly that memo,
+several questions per image as rows, and targets at SAM's input size."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +97,25 @@ def test_several_questions_per_image_become_rows_the_model_trains_on(untrained_t
         torch.testing.assert_close(batch["gt_iou"][row, : len(iou)], torch.tensor(iou, dtype=torch.float32))
     losses = model(batch)
     assert torch.isfinite(losses.total)
+
+
+def test_targets_of_a_large_image_are_computed_at_sam_input_size(untrained_tiny_model):
+    from llmseg_model.data.procedural import ProceduralConfig
+    from llmseg_model.data.training import resize_nearest, target_shape
+
+    assert target_shape((3000, 4000), 1024) == (768, 1024) and target_shape((3000, 4000), 0) == (3000, 4000)
+    assert target_shape((600, 800), 1024) == (600, 800)
+    grid = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(resize_nearest(grid, (6, 8)), grid.repeat(2, 0).repeat(2, 1))
+    model = untrained_tiny_model
+    samples = ProceduralDataset("val", 1, ProceduralConfig(height=1200, width=1700, instructions_per_scene=2))
+    proposals = model.proposal_generator(samples[0].load_image())
+    sets = [
+        TrainingSet(samples, lambda s: proposals, model.config.proposals.top_k, None, target_max_side=side)
+        for side in (1024, 0)
+    ]
+    reduced = sets[0]._targets(samples[0], sets[0].target_masks(proposals))
+    native = sets[1]._targets(samples[0], sets[1].target_masks(proposals))
+    assert sets[0].target_masks(proposals).stack().shape[1:] == (722, 1023)  # int() truncation, as published
+    for small, full in zip(reduced, native):
+        torch.testing.assert_close(small, full, atol=0.02, rtol=0)

@@ -8,6 +8,11 @@ run draw the same questions for the same item. `collate` flattens the questions 
 row has its instruction, phrase flag and targets, and carries its image's tensors (repeated for
 the image's other rows); `image_index` maps rows back to the batch's images.
 
+Per-proposal IoU / IoP targets are computed where the published loaders compute them: at SAM's
+input size (long side at most `target_max_side`, 1024), the ground truth resized to it by nearest
+neighbour; an image that small already (the tiny preset's) is scored as it is. At native size a
+12-megapixel Mapillary image cost about 40 s a question here (50 full-size masks).
+
 SAM never runs here: proposals come from a lookup (the on-disk proposal cache in practice). The
 frozen backbones (DINOv2, the LLaVA vision tower) may run here too, once per image, with their
 outputs memoised: then a training step costs only the trainable parts. `TrainingSet.prefill`
@@ -56,6 +61,7 @@ class TrainingSet(Dataset):
         memo_items: int = 20000,
         seed: int = 0,
         queries: int = 1,
+        target_max_side: int = 1024,
     ) -> None:
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
@@ -67,6 +73,7 @@ class TrainingSet(Dataset):
         self.memo_items = memo_items if frozen is not None else 0
         self.seed = seed
         self.queries = queries
+        self.target_max_side = target_max_side
         self.epoch = 0
         self.image_memo: dict[str, dict[str, torch.Tensor]] = {}
         self.target_memo: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -131,13 +138,14 @@ class TrainingSet(Dataset):
             if self.frozen is not None:
                 part = self._memoise([key], [part])[0]
         ious, iops = [], []
+        masks = None
         for sample, _ in drawn:
             target_key = _keys(sample)[1]
             if target_key in self.target_memo:
                 gt_iou, gt_iop = self.target_memo[target_key]
             else:
-                proposals = proposals or self.proposals_for(sample)
-                gt_iou, gt_iop = self._targets(sample, proposals)
+                masks = masks or self.target_masks(proposals or self.proposals_for(sample))
+                gt_iou, gt_iop = self._targets(sample, masks)
                 self._keep_targets(target_key, (gt_iou, gt_iop))
             ious.append(gt_iou)
             iops.append(gt_iop)
@@ -173,19 +181,58 @@ class TrainingSet(Dataset):
             if fresh and len(self.image_memo) < self.memo_items:
                 self._memoise(list(fresh), list(fresh.values()))
 
-    def _targets(self, sample: SegSample, proposals: Proposals | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_masks(self, proposals: Proposals) -> "TargetMasks":
+        return TargetMasks(proposals, min(proposals.count, self.top_k), self.target_max_side)
+
+    def _targets(self, sample: SegSample, masks: "TargetMasks") -> tuple[torch.Tensor, torch.Tensor]:
         gt = sample.load_mask()
-        proposals = proposals or self.proposals_for(sample)
-        if gt.shape != proposals.image_size:
-            raise ValueError(f"{sample.image_id}: mask {gt.shape} does not match image {proposals.image_size}")
-        kept = min(proposals.count, self.top_k)
+        if gt.shape != masks.proposals.image_size:
+            raise ValueError(f"{sample.image_id}: mask {gt.shape} does not match image {masks.proposals.image_size}")
         gt_iou = torch.zeros(self.top_k)
         gt_iop = torch.zeros(self.top_k)
-        if kept:
-            masks = torch.from_numpy(proposals.masks(range(kept)))
-            iou, iop = proposal_targets(masks, torch.from_numpy(gt), IGNORE_INDEX)
-            gt_iou[:kept], gt_iop[:kept] = iou, iop
+        if masks.kept:
+            gt = torch.from_numpy(resize_nearest(gt, masks.shape))
+            iou, iop = proposal_targets(masks.stack(), gt, IGNORE_INDEX)
+            gt_iou[: masks.kept], gt_iop[: masks.kept] = iou, iop
         return gt_iou, gt_iop
+
+
+def target_shape(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """Where targets are computed: the image's (H, W), or scaled to a long side of `max_side` with
+    the published SAM input's int() truncation; 0 keeps the native size."""
+    height, width = size
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return int(height * scale), int(width * scale)
+
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize sampling pixel centres (skimage `resize(order=0)`, as the published
+    targets use for the ground truth); a no-op at the same size."""
+    if mask.shape == tuple(shape):
+        return mask
+    (height, width), (rows, cols) = mask.shape, shape
+    y = np.minimum(((np.arange(rows) + 0.5) * height / rows).astype(np.int64), height - 1)
+    x = np.minimum(((np.arange(cols) + 0.5) * width / cols).astype(np.int64), width - 1)
+    return mask[y[:, None], x[None, :]]
+
+
+class TargetMasks:
+    """An image's first `kept` proposals at the target size, decoded once for all its questions
+    and one at a time (50 full-size masks of a 12-megapixel image would take 600 MB at once)."""
+
+    def __init__(self, proposals: Proposals, kept: int, max_side: int) -> None:
+        self.proposals = proposals
+        self.kept = kept
+        self.shape = target_shape(proposals.image_size, max_side)
+        self._stack: torch.Tensor | None = None
+
+    def stack(self) -> torch.Tensor:
+        if self._stack is None:
+            masks = [resize_nearest(self.proposals.masks([k])[0], self.shape) for k in range(self.kept)]
+            self._stack = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *self.shape), dtype=torch.bool)
+        return self._stack
 
 
 def _as_group(item: list[SegSample] | SegSample) -> list[SegSample]:
@@ -223,6 +270,7 @@ class _PrefillWork(Dataset):
         self.owner = owner
         self.last_key = ""
         self.proposals: Proposals | None = None  # of the last image, reused by its other samples
+        self.masks: TargetMasks | None = None
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -232,7 +280,7 @@ class _PrefillWork(Dataset):
         key = _keys(drawn[0])[0]
         part = None
         if key != self.last_key:
-            self.last_key, self.proposals = key, None
+            self.last_key, self.proposals, self.masks = key, None, None
             if key not in self.owner.image_memo:
                 part, self.proposals = self.owner._pixel_part(drawn[0])
         computed = {}
@@ -241,7 +289,8 @@ class _PrefillWork(Dataset):
             targets = self.owner.target_memo.get(target_key)
             if targets is None:
                 self.proposals = self.proposals or self.owner.proposals_for(sample)
-                targets = self.owner._targets(sample, self.proposals)
+                self.masks = self.masks or self.owner.target_masks(self.proposals)
+                targets = self.owner._targets(sample, self.masks)
             computed[target_key] = (targets[0].numpy(), targets[1].numpy())
         arrays = None if part is None else {name: value.numpy() for name, value in part.items()}
         return _PrefillItem(key, computed, arrays)
