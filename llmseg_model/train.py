@@ -199,7 +199,12 @@ def train(config: TrainConfig) -> Path:
     existing = checkpoints(output_dir)
     if config.resume and existing:
         accelerator.load_state(str(existing[-1]))
-        state = json.loads((existing[-1] / STATE_FILE).read_text())
+        state_path = existing[-1] / STATE_FILE
+        if state_path.is_file():
+            state = json.loads(state_path.read_text())
+        else:  # a checkpoint from before trainer_state.json: its step is in its name
+            logger.warning("%s has no %s: assuming this run's epoch length and no validation so far", existing[-1], STATE_FILE)
+            state = {"step": int(existing[-1].name.split("-")[1]), "steps_per_epoch": steps_per_epoch, "best": best}
         step, best = state["step"], state["best"]
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ValueError(
