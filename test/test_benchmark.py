@@ -72,7 +72,7 @@ def cached_reasonseg(tmp_path):
     ]
     proposals_b = [region(0, 20, 0, 30), region(20, 40, 30, 60)]
     for sample, masks in zip((data[0], data[1]), (proposals_a, proposals_b)):
-        cache.put(sample.source, sample.image_id, Proposals.from_masks(np.stack(masks), 64), sample.load_image())
+        cache.put(sample.source, sample.image_id, Proposals.from_masks(np.stack(masks), 64, lowres_layout=config.proposals.lowres_layout), sample.load_image())
     return tmp_path, config, data
 
 
