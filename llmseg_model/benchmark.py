@@ -13,7 +13,9 @@ the frame the model prepared, so they show how much of the score the proposals a
 
 Modes: `first` scores the first instruction of every sample (LISA's ReasonSeg evaluation),
 `all` scores every instruction. Per-image IoU treats both-empty as 1.0; ignore pixels (255) are
-excluded; nothing is resized (see llmseg_model/metrics.py).
+excluded. `scoring: native` scores at the image's resolution (LISA, the published LLM-Seg40K
+script); `scoring: resize1024` resizes prediction and ground truth to 1024x1024 first, as the
+published ReasonSeg evaluation does (llmseg_model/metrics.py).
 Writes results.json, results.md and benchmark.png into `output_dir`.
 """
 
@@ -39,7 +41,7 @@ from llmseg_model.cli import exit_on_bad_input
 from llmseg_model.config import LLMSegConfig, preset_with_overrides
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
-from llmseg_model.metrics import IoUAccumulator, intersection_union, iou_from_counts, proposal_overlaps
+from llmseg_model.metrics import SCORINGS, IoUAccumulator, iou_from_counts, proposal_overlaps, scored_counts
 from llmseg_model.modeling.proposals import Proposals
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class BenchmarkConfig:
     seed: int = 0
     oracle_iop: float = 0.5
     random_prob: float = 0.5
+    scoring: str = "native"  # native | resize1024 (the published ReasonSeg evaluation)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class BenchmarkConfig:
             raise ValueError(f"random_prob must be in [0, 1], got {self.random_prob}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BenchmarkConfig":
@@ -245,7 +250,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
                     prepare_s = None
                 for t, entry in enumerate(entries):
                     start = time.perf_counter()
-                    result = model.query(frame, entry["text"])
+                    result = model.query(frame, entry["text"], phrase=sample.phrase)
                     query_s = time.perf_counter() - start
                     if result.mask.shape != gt.shape:
                         raise ValueError(
@@ -259,7 +264,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
                                 stage_times.setdefault(stage, []).append(seconds)
                         if t == 0 and prepare_s is not None:
                             totals["first_answer"].append(prepare_s + query_s)
-                    inter, union = intersection_union(result.mask, gt)
+                    inter, union = scored_counts(result.mask, gt, config.scoring)
                     entry["llmseg"] = {"intersection": inter, "union": union, "iou": iou_from_counts(inter, union)}
                     entry["answer"] = result.answer
                     entry["selected"] = [int(i) for i in result.proposal_indices]
@@ -281,7 +286,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
                 }
                 for method in baselines:
                     indices = chosen[method]()
-                    inter, union = intersection_union(union_mask(proposals, indices), gt)
+                    inter, union = scored_counts(union_mask(proposals, indices), gt, config.scoring)
                     # Baselines ignore the text: every instruction of the sample gets the same answer.
                     for entry in entries:
                         entry[method] = {"intersection": inter, "union": union, "iou": iou_from_counts(inter, union)}
