@@ -189,6 +189,11 @@ class LossConfig:
     align_weight: float = 1.0
     iop_weight: float = 50.0
     temperature: float = 0.05
+    # How the IoP regression is averaged. "row": 50 x the mean over each instruction row's
+    # proposals, then the mean over rows (published model/loss.py iou_regression_loss, per round
+    # and image). "pooled": 50 x the mean over every valid proposal of the batch (rows with many
+    # proposals weigh more; the tiny preset was trained so).
+    iop_reduction: str = "row"
 
 
 @dataclass
@@ -346,6 +351,7 @@ def tiny_config() -> LLMSegConfig:
         # best IoU-head proposal is still the better answer if its IoP is not negligible (held-out
         # val gIoU 0.692 -> 0.697). Below 0.2 the result stays explicitly empty.
         selection=SelectionConfig(fallback_min_iop=0.2),
+        loss=LossConfig(iop_reduction="pooled"),
         weights=WeightPaths(
             sam_checkpoint=str(TINY_WEIGHTS_DIR / "sam.safetensors"),
             dinov2_path=str(TINY_WEIGHTS_DIR / "dinov2"),
