@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("llmseg", "oracle_iop", "oracle_iou", "random")
 MODES = ("first", "all")
-PREPARE_STAGES = ("proposals", "features", "vision")
+PREPARE_STAGES = ("proposals", "features", "vision", "prompt_prefix")
 QUERY_STAGES = ("llm", "fusion", "selection")
 
 

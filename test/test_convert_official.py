@@ -443,3 +443,23 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_code:
         convert_official.main(["--checkpoint", str(tmp_path / "nope"), "--llava-base", str(tmp_path), "--out", str(tmp_path / "o")])
     assert exit_code.value.code == 2
+
+
+@pytest.mark.parametrize("mode", ["given", "verified", "generate"])
+def test_cached_and_batched_paths_equal_the_plain_path(model, mode):
+    """The paper preset's answer on the frame's cached prompt, several at once, equals the whole
+    prompt run alone (a random LLM: "verified" and "generate" take the generation fallback)."""
+    vlm = model.vlm
+    image = np.random.default_rng(6).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    features = vlm.image_features(vlm.pixel_values(image))
+    prefix = vlm.encode_prefix(features)
+    texts, phrases = ["the thing I could open a bottle with", "the red cup", "Where would you put a hot pan?"], [False, True, False]
+    old = vlm.config.answer_mode
+    vlm.config.answer_mode = mode
+    try:
+        plain = [vlm.answer_batch(features, [t], [p], prefix=None)[0] for t, p in zip(texts, phrases)]
+        batch = vlm.answer_batch(features, texts, phrases, prefix=prefix)
+    finally:
+        vlm.config.answer_mode = old
+    for (text_a, seg_a), (text_b, seg_b) in zip(plain, batch):
+        assert text_a == text_b and torch.allclose(seg_a, seg_b, atol=1e-5), (seg_a - seg_b).abs().max()

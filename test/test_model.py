@@ -13,7 +13,7 @@ def test_prepare_once_query_many(untrained_tiny_model):
     scene = ProceduralDataset("val", 1).scene(0)
     frame = untrained_tiny_model.prepare(scene.image)
     assert frame.proposals.count > 0 and frame.mask_embeddings.shape[0] == frame.proposals.count
-    assert set(frame.timings) == {"proposals", "features", "vision"}
+    assert set(frame.timings) == {"proposals", "features", "vision", "prompt_prefix"}
     for instruction in scene.instructions[:2]:
         result = untrained_tiny_model.query(frame, instruction.text)
         assert result.mask.shape == scene.image.shape[:2] and result.mask.dtype == bool

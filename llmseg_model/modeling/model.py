@@ -203,8 +203,9 @@ class LLMSeg(nn.Module):
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
-    def prepare(self, image: np.ndarray) -> FrameFeatures:
-        """Everything that depends on the image only: proposals, mask embeddings, image tokens."""
+    def prepare(self, image: np.ndarray, cache_prompt: bool = True) -> FrameFeatures:
+        """Everything that depends on the image only: proposals, mask embeddings, image tokens,
+        and (with `cache_prompt`) the KV cache of the prompt up to the question."""
         check_image(image)
         timings: dict[str, float] = {}
         with timed(timings, "proposals"):
@@ -215,45 +216,74 @@ class LLMSeg(nn.Module):
             embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0]
         with timed(timings, "vision"):
             image_features = self.vlm.image_features(self.vlm.pixel_values(image).to(self.device))
+        prefix = None
+        if cache_prompt:
+            with timed(timings, "prompt_prefix"):
+                prefix = self.vlm.encode_prefix(image_features)
         return FrameFeatures(
             image_size=image.shape[:2],
             proposals=proposals,
             mask_embeddings=embeddings[: proposals.count],
             image_features=image_features,
             timings=timings,
+            prefix=prefix,
         )
 
     @torch.inference_mode()
     def query(self, frame: FrameFeatures, instruction: str, phrase: bool = False) -> Result:
         """Answer one instruction on a prepared frame; `phrase` marks a short phrase ("the red
         cup") rather than a sentence, which the published model asks about differently."""
-        self.vlm.prompts.clean(instruction)
-        timings = dict(frame.timings)
-        with timed(timings, "llm"):
-            answer, seg = self.vlm.answer(frame.image_features, instruction, phrase)
-        count = frame.proposals.count
-        with timed(timings, "fusion"):
+        return self.query_batch(frame, [instruction], [phrase])[0]
+
+    @torch.inference_mode()
+    def query_batch(self, frame: FrameFeatures, instructions: list[str], phrases: list[bool] | None = None) -> list[Result]:
+        """Answer several instructions on one prepared frame: one padded LLM forward on the
+        frame's cached prompt, one fusion call. Each result's timings hold the frame's stages and
+        its share (1/N) of the batch's llm and fusion time."""
+        if not instructions:
+            return []
+        for k, text in enumerate(instructions):
+            try:
+                self.vlm.prompts.clean(text)
+            except ValueError as error:
+                raise ValueError(f"instruction {k}: {error}") from None
+        phrases = phrases if phrases is not None else [False] * len(instructions)
+        if len(phrases) != len(instructions):
+            raise ValueError(f"{len(phrases)} phrase flags for {len(instructions)} instructions")
+        shared: dict[str, float] = {}
+        with timed(shared, "llm"):
+            answers = self.vlm.answer_batch(frame.image_features, instructions, phrases, frame.prefix)
+        count, batch = frame.proposals.count, len(instructions)
+        with timed(shared, "fusion"):
             if count:
-                valid = torch.ones((1, count), dtype=torch.bool, device=self.device)
-                out = self.fusion(frame.mask_embeddings.unsqueeze(0), seg, valid)
-                iou = out.iou_logits[0].float().cpu().numpy()
-                iop = out.iop[0].float().cpu().numpy()
+                seg = torch.cat([embedding for _, embedding in answers])
+                valid = torch.ones((batch, count), dtype=torch.bool, device=self.device)
+                out = self.fusion(frame.mask_embeddings.unsqueeze(0).expand(batch, -1, -1), seg, valid)
+                iou_rows = out.iou_logits.float().cpu().numpy()
+                iop_rows = out.iop.float().cpu().numpy()
             else:
-                iou = iop = np.zeros(0, np.float32)
-        with timed(timings, "selection"):
-            chosen = select_proposals(iou, iop, self.config.selection)
-            instances = frame.proposals.masks(chosen.indices)
-            mask = instances.any(axis=0) if len(instances) else np.zeros(frame.image_size, dtype=bool)
-        return Result(
-            mask=mask,
-            instance_masks=instances,
-            instance_scores=chosen.scores,
-            proposal_indices=chosen.indices,
-            iou_scores=iou,
-            iop_scores=iop,
-            answer=answer,
-            timings=timings,
-        )
+                iou_rows = iop_rows = np.zeros((batch, 0), np.float32)
+        results = []
+        for (answer, _), iou, iop in zip(answers, iou_rows, iop_rows):
+            timings = dict(frame.timings)
+            timings.update({stage: seconds / batch for stage, seconds in shared.items()})
+            with timed(timings, "selection"):
+                chosen = select_proposals(iou, iop, self.config.selection)
+                instances = frame.proposals.masks(chosen.indices)
+                mask = instances.any(axis=0) if len(instances) else np.zeros(frame.image_size, dtype=bool)
+            results.append(
+                Result(
+                    mask=mask,
+                    instance_masks=instances,
+                    instance_scores=chosen.scores,
+                    proposal_indices=chosen.indices,
+                    iou_scores=iou,
+                    iop_scores=iop,
+                    answer=answer,
+                    timings=timings,
+                )
+            )
+        return results
 
     def segment(self, image: np.ndarray, instruction: str, phrase: bool = False) -> Result:
         """prepare + query for a single question."""

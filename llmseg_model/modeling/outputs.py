@@ -1,7 +1,8 @@
 """What `LLMSeg.prepare` and `LLMSeg.query` return.
 
 `FrameFeatures` holds everything computed once per image (proposals, mask embeddings, the LLaVA
-image tokens) so that several instructions on one frame cost one proposal pass.
+image tokens and the KV cache of the prompt up to the question) so that several instructions on
+one frame cost one proposal pass and one short forward each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from llmseg_model.modeling.proposals import Proposals
+from llmseg_model.modeling.vlm import PromptPrefix
 
 
 @dataclass
@@ -23,6 +25,7 @@ class FrameFeatures:
     mask_embeddings: torch.Tensor  # (K, D), rows past proposals.count are padding
     image_features: torch.Tensor  # LLaVA vision tower + projector output, (1, N, hidden)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
+    prefix: PromptPrefix | None = None  # the prompt before the question, run once (None: not cached)
 
 
 @dataclass

@@ -49,7 +49,7 @@ class PromptBuilder:
         self._cut = re.compile("(" + "|".join(re.escape(name) for name in names) + ")")
         # What the tokenizer puts in front of a text on its own: BOS for Llama, nothing for the
         # tiny word-level tokenizer.
-        self.prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        self.bos = list(tokenizer("", add_special_tokens=True)["input_ids"])
 
     # ------------------------------------------------------------------ texts
     def clean(self, text: str) -> str:
@@ -97,9 +97,18 @@ class PromptBuilder:
     def prompt_ids(self, question: str, num_image_tokens: int) -> list[int]:
         """The whole prompt up to and including "ASSISTANT:", the image placeholder expanded to
         `num_image_tokens` ids (filled with the image features at embedding time)."""
-        ids = self.prefix + self.encode(self.conversation(question))
+        return self._expand(self.bos + self.encode(self.conversation(question)), num_image_tokens)
+
+    def prefix_ids(self, num_image_tokens: int) -> list[int]:
+        """The ids of the conversation before the question (system prompt and image): the part
+        every prompt of a frame shares. Callers check that a prompt really starts with them (a
+        tokenizer may merge the text around the cut differently)."""
+        before = self.config.prompt_template.split("{question}")[0].replace("{system}", self.config.system_prompt)
+        return self._expand(self.bos + self.encode(before), num_image_tokens)
+
+    def _expand(self, ids: list[int], num_image_tokens: int) -> list[int]:
         if ids.count(self.image_token_id) != 1:
-            raise ValueError(f"the prompt template must hold {IMAGE_PLACEHOLDER} exactly once")
+            raise ValueError(f"the prompt template must hold {IMAGE_PLACEHOLDER} exactly once, before {{question}}")
         at = ids.index(self.image_token_id)
         return ids[:at] + [self.image_token_id] * num_image_tokens + ids[at + 1 :]
 

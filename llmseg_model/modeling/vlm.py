@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache, LlavaForConditionalGeneration
 
 from llmseg_model.config import ANSWER_MODES, SEG_STATES, VlmConfig
 from llmseg_model.modeling.prompting import PromptBuilder
@@ -165,15 +166,110 @@ class SegVLM(nn.Module):
         return out.loss, self.project(seg_hidden, inference=False)
 
     # ------------------------------------------------------------------ inference
-    def _last_state(self, ids: list[int], image_features: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden state at the last position of one teacher-forced sequence (1, hidden)."""
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder (LoRA layers injected in place), called directly so that only last-layer
+        states are kept and the LM head runs only where logits are needed."""
+        return self.base.model.language_model
+
+    @torch.inference_mode()
+    def encode_prefix(self, image_features: torch.Tensor) -> PromptPrefix:
+        """Run the conversation before the question (system prompt, image tokens) once for a
+        frame and keep its KV cache: every instruction on the frame continues from it."""
+        ids = self.prompts.prefix_ids(image_features.shape[1])
         input_ids = torch.tensor([ids], device=image_features.device)
-        out = self.llava(
-            inputs_embeds=self.embed(input_ids, image_features),
-            attention_mask=torch.ones_like(input_ids),
-            output_hidden_states=True,
+        out = self.language_model(
+            inputs_embeds=self.embed(input_ids, image_features), attention_mask=torch.ones_like(input_ids), use_cache=True
         )
-        return out.hidden_states[-1][:, -1]
+        cache = out.cache
+        return PromptPrefix(ids=ids, layers=[(layer.keys, layer.values) for layer in cache.layers])
+
+    def _forward_rows(
+        self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, object]:
+        """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
+        image tokens included), and the updated cache when `use_cache`."""
+        device = image_features.device
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        has_image = bool((input_ids == self.image_token_id).any())
+        features = image_features.expand(len(rows), -1, -1) if has_image else image_features[:, :0]
+        embeds = self.embed(input_ids, features)
+        cache = None
+        if prefix is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefix.layers])
+            mask = torch.cat([torch.ones((len(rows), len(prefix.ids)), dtype=mask.dtype, device=device), mask], dim=1)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, cache=cache, use_cache=use_cache or prefix is not None)
+        return out.last_hidden_state, out.cache
+
+    def _tail(self, prompt: list[int], prefix: PromptPrefix | None) -> tuple[list[int], PromptPrefix | None]:
+        """The part of a prompt after the frame's cached prefix, or the whole prompt when it does
+        not start with the prefix's ids (then nothing is reused)."""
+        if prefix is not None and prompt[: len(prefix.ids)] == prefix.ids:
+            return prompt[len(prefix.ids) :], prefix
+        return prompt, None
+
+    @torch.inference_mode()
+    def answer(self, image_features: torch.Tensor, instruction: str, phrase: bool = False) -> tuple[str, torch.Tensor]:
+        """Answer one instruction on one frame (image_features (1, N, hidden)) without a cached
+        prefix: the plain path. Returns the answer text and the projected <SEG> embedding (1, D)."""
+        (text, seg), = self.answer_batch(image_features, [instruction], [phrase], prefix=None)
+        return text, seg
+
+    @torch.inference_mode()
+    def answer_batch(
+        self,
+        image_features: torch.Tensor,
+        instructions: list[str],
+        phrases: list[bool] | None = None,
+        prefix: PromptPrefix | None = None,
+    ) -> list[tuple[str, torch.Tensor]]:
+        """Answer several instructions on one frame, continuing the frame's cached prefix.
+
+        "given" and "verified" run all instructions as one padded forward over instruction +
+        answer tokens; "verified" also checks the answer against greedy decoding (LM head only on
+        the answer positions) and generates from the first token that differs; "generate"
+        decodes greedily and reads <SEG> from the decoding pass."""
+        phrases = phrases if phrases is not None else [False] * len(instructions)
+        count = image_features.shape[1]
+        prompts = [self.prompts.prompt_ids(self.prompts.question(t, p), count) for t, p in zip(instructions, phrases)]
+        if self.config.answer_mode == "generate":
+            return [self._generate(prompt, image_features, prefix) for prompt in prompts]
+        verify = self.config.answer_mode == "verified"
+        answers = [self._given(t) for t in instructions]
+        rows, reads = [], []
+        for prompt, (_, ids, seg) in zip(prompts, answers):
+            fed = ids if verify else ids[: seg + 1 + self.seg_offset()]
+            rows.append(prompt + fed)
+            reads.append(len(prompt) + seg + self.seg_offset())
+        results: list[tuple[str, torch.Tensor] | None] = [None] * len(rows)
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        tails = [self._tail(row, prefix) for row in rows]
+        for i, (_, used) in enumerate(tails):
+            groups[used is not None].append(i)
+        for cached, members in groups.items():
+            if not members:
+                continue
+            offset = len(prefix.ids) if cached else 0
+            hidden, _ = self._forward_rows([tails[i][0] for i in members], image_features, prefix if cached else None)
+            for row, i in enumerate(members):
+                state = hidden[row, reads[i] - offset]
+                text = answers[i][0]
+                if verify:
+                    prompt_len, ids = len(prompts[i]), answers[i][1]
+                    positions = torch.arange(prompt_len - 1, prompt_len + len(ids), device=hidden.device) - offset
+                    predicted = self.base.lm_head(hidden[row, positions]).argmax(-1).tolist()
+                    expected = ids + [self.tokenizer.eos_token_id]
+                    if predicted != expected:
+                        first = next(k for k, (a, b) in enumerate(zip(predicted, expected)) if a != b)
+                        logger.debug("answer differs from greedy decoding at token %d; generating from there", first)
+                        results[i] = self._generate(prompts[i], image_features, prefix, start=ids[:first])
+                        continue
+                    text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()  # what decoding gives
+                results[i] = (text, self.project(state.unsqueeze(0)))
+        return results  # type: ignore[return-value]
 
     def _given(self, instruction: str) -> tuple[str, list[int], int]:
         """The preset's answer for an instruction: (text, its ids without EOS, index of <SEG>)."""
@@ -183,47 +279,47 @@ class SegVLM(nn.Module):
             raise ValueError(f"vlm.answer must contain {self.config.seg_token}, got {self.config.answer!r}")
         return text, ids, ids.index(self.seg_token_id)
 
-    @torch.inference_mode()
-    def answer(self, image_features: torch.Tensor, instruction: str, phrase: bool = False) -> tuple[str, torch.Tensor]:
-        """Answer one instruction on one frame (image_features (1, N, hidden)).
+    def _generate(
+        self, prompt: list[int], image_features: torch.Tensor, prefix: PromptPrefix | None, start: list[int] | None = None
+    ) -> tuple[str, torch.Tensor]:
+        """Greedy decoding after `prompt` + `start` (tokens already known), on the frame's cache.
 
-        Returns the answer text and the projected <SEG> embedding (1, D). In "generate" mode, if
-        the model does not emit <SEG> it is appended so the fusion still gets an embedding; the
-        answer text shows it.
-        """
-        prompt = self.prompts.prompt_ids(self.prompts.question(instruction, phrase), image_features.shape[1])
-        if self.config.answer_mode == "given":
-            text, ids, seg = self._given(instruction)
-            state = self._last_state(prompt + ids[: seg + 1 + self.seg_offset()], image_features)
-            return text, self.project(state)
-        return self._generate(prompt, image_features)
-
-    def _generate(self, prompt: list[int], image_features: torch.Tensor) -> tuple[str, torch.Tensor]:
-        """Greedy decoding; the <SEG> state comes from the generation pass itself where it can."""
-        input_ids = torch.tensor([prompt], device=image_features.device)
-        out = self.llava.generate(
-            inputs_embeds=self.embed(input_ids, image_features),
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=self.config.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-        )
-        new_ids = out.sequences[0].tolist()  # with inputs_embeds, generate returns only the new tokens
-        if self.tokenizer.eos_token_id in new_ids:
-            new_ids = new_ids[: new_ids.index(self.tokenizer.eos_token_id)]
+        The <SEG> state comes from the decoding pass itself. If the model never emits <SEG>, it is
+        appended and fed so the fusion still gets an embedding; the answer text shows it."""
+        start = list(start or [])
+        tail, used = self._tail(prompt + start, prefix)
+        hidden, cache = self._forward_rows([tail], image_features, used, use_cache=True)
+        states = list(hidden[0, len(tail) - len(start) - 1 :])  # states at the last prompt token and after
+        new_ids = list(start)
+        eos = self.tokenizer.eos_token_id
+        while len(new_ids) < self.config.max_new_tokens:
+            token = int(self.base.lm_head(states[-1]).argmax())
+            if token == eos:
+                break
+            new_ids.append(token)
+            states.append(self._step(token, cache, image_features.device))
         if self.seg_token_id not in new_ids:
             logger.warning("answer had no %s token; appending it", self.config.seg_token)
-            new_ids = new_ids + [self.seg_token_id]
+            new_ids.append(self.seg_token_id)
+            if self.seg_offset() == 0:
+                states.append(self._step(self.seg_token_id, cache, image_features.device))
         seg = new_ids.index(self.seg_token_id)
-        # hidden_states[s] holds the states of the tokens fed at step s: the prompt at step 0,
-        # generated token s-1 after that; the state "at" generated token k is step k+1's.
-        step = seg + 1 + self.seg_offset()
-        if step < len(out.hidden_states) and out.sequences.shape[1] > seg and out.sequences[0, seg] == self.seg_token_id:
-            state = out.hidden_states[step][-1][:, -1]
-        else:  # <SEG> appended, or generation stopped at it: one teacher-forced pass
-            state = self._last_state(prompt + new_ids[: step], image_features)
+        state = states[seg + 1 + self.seg_offset()]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=False).strip()
-        return text, self.project(state)
+        return text, self.project(state.unsqueeze(0))
+
+    def _step(self, token: int, cache, device: torch.device) -> torch.Tensor:
+        """Feed one token after `cache` (updated in place); its last-layer state (hidden,)."""
+        ids = torch.tensor([[token]], device=device)
+        mask = torch.ones((1, cache.get_seq_length() + 1), dtype=torch.long, device=device)
+        out = self.language_model(inputs_embeds=self.llava.get_input_embeddings()(ids), attention_mask=mask, cache=cache, use_cache=True)
+        return out.last_hidden_state[0, -1]
+
+
+@dataclass
+class PromptPrefix:
+    """The conversation before the question of one frame: its ids and, per decoder layer, the
+    keys and values (1, heads, P, head_dim) every instruction on the frame continues from."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
