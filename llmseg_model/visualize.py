@@ -90,19 +90,22 @@ def render_instances(
     outline = config.outline_px or max(2, round(short / 170))
     period = config.hatch_period or max(6, 3 * outline)
 
-    union = masks.any(axis=0) if len(masks) else np.zeros(picture.shape[:2], bool)
+    union = masks.any(axis=0)
     if union.any():
-        picture[~union] = _dim(picture[~union], config)
-    diagonal = np.add.outer(np.arange(picture.shape[0]), np.arange(picture.shape[1])) % period < max(1, period // 4)
+        picture = np.where(union[..., None], picture, _dim(picture, config))
     colours = [np.asarray(config.palette[i % len(config.palette)], np.float32) for i in range(len(masks))]
-    for mask, colour in zip(masks, colours):
-        hatch = mask & diagonal
-        picture[hatch] = (1 - config.hatch_alpha) * picture[hatch] + config.hatch_alpha * colour
-    for mask, colour in zip(masks, colours):
-        inner = mask & ~_erode(mask, outline)
-        rim = _dilate(mask, max(1, outline // 2)) & ~mask
-        picture[rim] = RIM
-        picture[inner] = colour
+    # Work on each instance's box (plus the outline's reach): cost follows instance size, not image size.
+    boxes = [_box(mask, outline + 1) for mask in masks]
+    drawn = [(mask, colour, box) for mask, colour, box in zip(masks, colours, boxes) if box is not None]
+    for mask, colour, (rows, cols) in drawn:
+        crop, view = mask[rows, cols], picture[rows, cols]
+        diagonal = np.add.outer(np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop)) % period
+        hatch = crop & (diagonal < max(1, period // 4))
+        view[hatch] = (1 - config.hatch_alpha) * view[hatch] + config.hatch_alpha * colour
+    for mask, colour, (rows, cols) in drawn:
+        crop, view = mask[rows, cols], picture[rows, cols]
+        view[_dilate(crop, max(1, outline // 2)) & ~crop] = RIM
+        view[crop & ~_erode(crop, outline)] = colour
 
     canvas = Image.fromarray(picture.round().clip(0, 255).astype(np.uint8))
     font_px = config.font_px or int(np.clip(round(picture.shape[1] / 36), 13, 28))
@@ -124,10 +127,23 @@ def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _dim(pixels: np.ndarray, config: VisualConfig) -> np.ndarray:
-    """Darken and desaturate (N, 3) float pixels."""
+    """Darken and desaturate (..., 3) float pixels."""
     grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
-    mixed = config.background_saturation * pixels + (1 - config.background_saturation) * grey[:, None]
+    mixed = config.background_saturation * pixels + (1 - config.background_saturation) * grey[..., None]
     return config.background_brightness * mixed
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """Rows and columns of the mask's bounding box grown by `margin`, clipped to the image; None
+    for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    height, width = mask.shape
+    return (
+        slice(max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)),
+        slice(max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)),
+    )
 
 
 def _window(mask: np.ndarray, radius: int, axis: int, reduce) -> np.ndarray:

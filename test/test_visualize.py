@@ -64,9 +64,12 @@ def test_caption_band_carries_text_and_wraps_long_captions():
 
 
 def test_no_instances_leaves_the_image_undimmed():
-    image, _ = scene(256, 256)
+    image, masks = scene(256, 256)
     out = render_instances(image, np.zeros((0, 256, 256), bool), [], "nothing to see")
     assert np.array_equal(out[:512:2, ::2], image)
+    # An empty instance mask is listed in the caption but draws nothing.
+    out = render_instances(image, np.stack([masks[0], np.zeros_like(masks[0])]), [0.9, 0.1], "x")
+    assert not (out[:512] == PALETTE[1]).all(-1).any() and (out[512:] == PALETTE[1]).all(-1).any()
 
 
 def test_palette_stays_away_from_the_scene_colours():
