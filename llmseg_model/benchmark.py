@@ -275,7 +275,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
                     entry["selected"] = [int(i) for i in result.proposal_indices]
                     if examples < config.examples:
                         examples += 1
-                        save_example(output_dir / "examples" / f"{examples:03d}.png", image, frame.proposals, result, entry)
+                        save_example(output_dir / "examples" / f"{examples:03d}.png", image, result, entry)
 
             if baselines:
                 if cache is not None:
@@ -547,16 +547,14 @@ def _plot_groups(ax, report: dict[str, Any]) -> None:
     ax.legend(ncol=len(methods), fontsize=8, loc="upper center", frameon=False)
 
 
-def save_example(path: Path, image: np.ndarray, proposals: Proposals, result: Any, entry: dict[str, Any]) -> None:
+def save_example(path: Path, image: np.ndarray, result: Any, entry: dict[str, Any]) -> None:
     """A picture of one answer: its object instances (selected proposals merged) and a caption
     with the instruction, the IoU and where the sample comes from."""
-    from llmseg_model.modeling.instances import instance_masks, merge_instances
     from llmseg_model.visualize import render_instances
 
-    instances = merge_instances(proposals, result.proposal_indices, result.instance_scores)
     where = f"{entry['dataset']} {entry['image_id']}" + (f" ({entry['group']})" if entry.get("group") else "")
     caption = f"\"{entry['text']}\"\nIoU {entry['llmseg']['iou']:.2f}, {where}"
-    picture = render_instances(image, instance_masks(instances, image.shape[:2]), [i.score for i in instances], caption)
+    picture = render_instances(image, result.instance_masks, result.instance_scores, caption)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(path)
 

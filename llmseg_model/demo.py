@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from llmseg_model.config import WeightPaths, preset_config
-from llmseg_model.modeling.instances import InstanceConfig, instance_masks, merge_instances
 from llmseg_model.modeling.model import LLMSeg
 from llmseg_model.visualize import render_instances
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     report = []
     for i, (text, gt) in enumerate(zip(instructions, truth)):
         result = model.query(frame, text)
-        instances = merge_instances(frame.proposals, result.proposal_indices, result.instance_scores, InstanceConfig())
+        instances = result.instances
         entry = {
             "instruction": text,
             "answer": result.answer,
@@ -88,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             union = (result.mask | gt).sum()
             entry["iou"] = round(float((result.mask & gt).sum() / union) if union else 1.0, 3)
             caption += f"\nIoU {entry['iou']:.2f} against the scene's ground truth"
-        masks = instance_masks(instances, image.shape[:2])
-        picture = render_instances(image, masks, [inst.score for inst in instances], caption)
+        picture = render_instances(image, result.instance_masks, result.instance_scores, caption)
         Image.fromarray(picture).save(out_dir / f"overlay_{i}.png")
         report.append(entry)
         logged = ("instances", "selected_proposals", "iou", "scores", "timings_ms")

@@ -121,10 +121,11 @@ def test_shipped_model_instances_count_objects_not_proposals():
     raw, merged, targets = [], [], []
     for instruction in scene.instructions:
         result = model.query(frame, instruction.text)
-        instances = merge_instances(frame.proposals, result.proposal_indices, result.instance_scores)
-        assert np.array_equal(instance_masks(instances, scene.image.shape[:2]).any(0), result.mask)
+        assert np.array_equal(result.instance_masks.any(0), result.mask)
+        assert np.array_equal(result.mask, frame.proposals.masks(result.proposal_indices).any(0))
+        assert sorted(i for inst in result.instances for i in inst.proposal_indices) == sorted(result.proposal_indices)
         raw.append(len(result.proposal_indices))
-        merged.append(len(instances))
+        merged.append(len(result.instances))
         targets.append(len(instruction.targets))
     assert sum(raw) > 2 * sum(targets)
     assert all(abs(m - t) <= 1 for m, t in zip(merged, targets)), (merged, targets)

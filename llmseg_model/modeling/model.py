@@ -25,6 +25,7 @@ from torch import nn
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
 from llmseg_model.modeling.fusion import build_fusion
+from llmseg_model.modeling.instances import instance_masks, merge_instances
 from llmseg_model.modeling.losses import LossOutput, llmseg_loss
 from llmseg_model.modeling.outputs import FrameFeatures, Result
 from llmseg_model.modeling.proposals import ProposalGenerator, build_sam, check_image
@@ -269,14 +270,17 @@ class LLMSeg(nn.Module):
             timings.update({stage: seconds / batch for stage, seconds in shared.items()})
             with timed(timings, "selection"):
                 chosen = select_proposals(iou, iop, self.config.selection)
-                instances = frame.proposals.masks(chosen.indices)
-                mask = instances.any(axis=0) if len(instances) else np.zeros(frame.image_size, dtype=bool)
+                instances = merge_instances(frame.proposals, chosen.indices, chosen.scores, self.config.instances)
+                masks = instance_masks(instances, frame.image_size)
+                mask = masks.any(axis=0) if len(masks) else np.zeros(frame.image_size, dtype=bool)
             results.append(
                 Result(
                     mask=mask,
-                    instance_masks=instances,
-                    instance_scores=chosen.scores,
+                    instance_masks=masks,
+                    instance_scores=np.array([instance.score for instance in instances], np.float32),
+                    instances=instances,
                     proposal_indices=chosen.indices,
+                    proposal_scores=chosen.scores,
                     iou_scores=iou,
                     iop_scores=iop,
                     answer=answer,
