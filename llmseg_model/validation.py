@@ -2,7 +2,7 @@
 checkpoint as the published training does (after every epoch, on ReasonSeg val).
 
 Each sample is asked its first text (the published validation uses the first sentence of each
-image) and the answer is the model's own selection. Scoring is either `native` (the image's
+image), as a phrase or a sentence as the sample says, and the answer is the model's own selection. Scoring is either `native` (the image's
 size, as llmseg_model.metrics) or `resize1024`: prediction and ground truth are first resized to
 1024x1024 with nearest neighbour, as the published ReasonSeg validation does; ignore pixels (255)
 are left out and an image with an empty prediction and an empty target scores 1, either way.
@@ -79,7 +79,7 @@ def validate(
             raise ValueError(f"validation sample {sample.image_id} has no text")
         image = sample.load_image()
         gt = sample.load_mask()
-        result = model.query(model.prepare(image), sample.texts[0])
+        result = model.query(model.prepare(image), sample.texts[0], phrase=sample.phrase)
         inter, union = score_pair(result.mask, gt, scoring)
         counts.intersections.append(inter)
         counts.unions.append(union)
