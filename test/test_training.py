@@ -87,6 +87,7 @@ def test_several_questions_per_image_become_rows_the_model_trains_on(untrained_t
     assert len(first["instructions"]) == 2 and first["gt_iou"].shape == (2, model.config.proposals.top_k)
     batch = collate([first, second])
     assert batch["image_index"].tolist() == [0, 0, 1, 1] and batch["phrases"] == [True] * 4
+    assert len(set(batch["seeds"])) == 4 and training[0]["seeds"] == first["seeds"]  # per row, repeatable
     assert batch["dino_pixels"].shape[0] == 4 and torch.equal(batch["dino_pixels"][0], batch["dino_pixels"][1])
     masks = {s.texts[0]: s.load_mask() for s in groups[0]}
     proposals = model.proposal_generator(groups[0][0].load_image())

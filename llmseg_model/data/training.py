@@ -6,7 +6,9 @@ An item draws up to `queries` of them without replacement and one wording of eac
 generator seeded by (seed, epoch, index), so every DataLoader worker, every process and a resumed
 run draw the same questions for the same item. `collate` flattens the questions into rows: each
 row has its instruction, phrase flag and targets, and carries its image's tensors (repeated for
-the image's other rows); `image_index` maps rows back to the batch's images.
+the image's other rows); `image_index` maps rows back to the batch's images, and `seeds` gives
+each row a seed (from the same (seed, epoch, index)) for the model's random choices, such as the
+question and answer templates, so that they too repeat across workers, processes and resumes.
 
 Per-proposal IoU / IoP targets are computed where the published loaders compute them: at SAM's
 input size (long side at most `target_max_side`, 1024), the ground truth resized to it by nearest
@@ -99,6 +101,11 @@ class TrainingSet(Dataset):
         chosen = rng.sample(group, min(self.queries, len(group)))
         return [(sample, rng.choice(sample.texts)) for sample in chosen]
 
+    def row_seeds(self, index: int, count: int) -> list[int]:
+        """Seeds for the model's per-row random choices of item `index` in the current epoch."""
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}:rows")
+        return [rng.getrandbits(63) for _ in range(count)]
+
     def _pixel_part(self, sample: SegSample) -> tuple[dict[str, torch.Tensor], Proposals]:
         """Proposal masks and backbone input pixels of a sample's image (no backbone run)."""
         image = sample.load_image()
@@ -155,6 +162,7 @@ class TrainingSet(Dataset):
             "gt_iop": torch.stack(iops),
             "instructions": [text for _, text in drawn],
             "phrases": [sample.phrase for sample, _ in drawn],
+            "seeds": self.row_seeds(index, len(drawn)),
             "image_id": first.image_id,
         }
 
@@ -301,7 +309,7 @@ PER_ROW = ("gt_iou", "gt_iop")  # item tensors with one row per question; the re
 
 def collate(items: list[dict]) -> dict:
     """One row per question: per-question targets concatenated, per-image tensors repeated for
-    each of the image's rows; instructions, phrase flags and image ids as per-row lists, and
+    each of the image's rows; instructions, phrase flags, seeds and image ids as per-row lists, and
     `image_index` (rows,) giving each row's item in the batch."""
     counts = [len(item["instructions"]) for item in items]
     image_index = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts))
@@ -315,6 +323,7 @@ def collate(items: list[dict]) -> dict:
             batch[key] = torch.stack([item[key] for item in items])[image_index]
     batch["instructions"] = [text for item in items for text in item["instructions"]]
     batch["phrases"] = [phrase for item in items for phrase in item["phrases"]]
+    batch["seeds"] = [seed for item in items for seed in item["seeds"]]
     batch["image_ids"] = [item["image_id"] for item, count in zip(items, counts) for _ in range(count)]
     batch["image_index"] = image_index
     return batch
