@@ -112,7 +112,8 @@ def train(config: TrainConfig) -> Path:
     from llmseg_model.data.proposal_cache import ProposalCache
     from llmseg_model.data.training import TrainingSet, collate
     from llmseg_model.modeling.model import LLMSeg
-    from llmseg_model.validation import ValidationCounts, validate
+    from llmseg_model.metrics import IoUAccumulator
+    from llmseg_model.validation import validate
 
     precision = config.mixed_precision
     if precision == "auto":
@@ -217,10 +218,12 @@ def train(config: TrainConfig) -> Path:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
         mine = validate(unwrapped, val_samples, config.val_scoring, accelerator.process_index,
-                        accelerator.num_processes, progress=accelerator.is_local_main_process)
+                        accelerator.num_processes, progress=accelerator.is_local_main_process, proposals=cache)
         unwrapped.train()
-        counts = ValidationCounts.merged(gather_object([mine]))
-        return {"val_giou": counts.giou(), "val_ciou": counts.ciou(), "val_samples": len(counts.unions)}
+        counts = IoUAccumulator()
+        for part in gather_object([mine]):
+            counts.merge(part)
+        return {"val_giou": counts.giou, "val_ciou": counts.ciou, "val_samples": counts.count}
 
     log_path = output_dir / "metrics.jsonl"
     model.train()

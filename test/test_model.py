@@ -139,3 +139,22 @@ def test_saved_config_is_portable_with_its_weights_folder(tmp_path):
     assert config.weights.llmseg_weights == str(copy / "llmseg")
     model = LLMSeg.from_config(config)
     assert model.config.preset == "tiny"
+
+
+def test_one_row_per_image_spreads_per_image_work_back_to_rows():
+    from llmseg_model.modeling.model import one_row_per_image
+
+    first, rows = one_row_per_image(torch.tensor([0, 0, 0, 1, 2, 2]), 6)
+    assert first.tolist() == [0, 3, 4] and rows.tolist() == [0, 0, 0, 1, 2, 2]
+    first, rows = one_row_per_image(None, 3)
+    assert first.tolist() == rows.tolist() == [0, 1, 2]
+
+
+def test_prepare_with_given_proposals_skips_sam(untrained_tiny_model):
+    scene = ProceduralDataset("val", 1).scene(0)
+    computed = untrained_tiny_model.prepare(scene.image)
+    given = untrained_tiny_model.prepare(scene.image, proposals=computed.proposals)
+    assert "proposals" not in given.timings
+    assert torch.allclose(given.mask_embeddings, computed.mask_embeddings)
+    with pytest.raises(ValueError, match="proposals are for"):
+        untrained_tiny_model.prepare(scene.image[:100], proposals=computed.proposals)

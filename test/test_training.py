@@ -102,12 +102,12 @@ def test_several_questions_per_image_become_rows_the_model_trains_on(untrained_t
 
 def test_targets_of_a_large_image_are_computed_at_sam_input_size(untrained_tiny_model):
     from llmseg_model.data.procedural import ProceduralConfig
-    from llmseg_model.data.training import resize_nearest, target_shape
+    from llmseg_model.data.training import resize_nearest_centres, target_shape
 
     assert target_shape((3000, 4000), 1024) == (768, 1024) and target_shape((3000, 4000), 0) == (3000, 4000)
     assert target_shape((600, 800), 1024) == (600, 800)
     grid = np.arange(12).reshape(3, 4)
-    np.testing.assert_array_equal(resize_nearest(grid, (6, 8)), grid.repeat(2, 0).repeat(2, 1))
+    np.testing.assert_array_equal(resize_nearest_centres(grid, (6, 8)), grid.repeat(2, 0).repeat(2, 1))
     model = untrained_tiny_model
     samples = ProceduralDataset("val", 1, ProceduralConfig(height=1200, width=1700, instructions_per_scene=2))
     proposals = model.proposal_generator(samples[0].load_image())

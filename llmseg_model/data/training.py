@@ -199,7 +199,7 @@ class TrainingSet(Dataset):
         gt_iou = torch.zeros(self.top_k)
         gt_iop = torch.zeros(self.top_k)
         if masks.kept:
-            gt = torch.from_numpy(resize_nearest(gt, masks.shape))
+            gt = torch.from_numpy(resize_nearest_centres(gt, masks.shape))
             iou, iop = proposal_targets(masks.stack(), gt, IGNORE_INDEX)
             gt_iou[: masks.kept], gt_iop[: masks.kept] = iou, iop
         return gt_iou, gt_iop
@@ -215,7 +215,7 @@ def target_shape(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return int(height * scale), int(width * scale)
 
 
-def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_nearest_centres(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize sampling pixel centres (skimage `resize(order=0)`, as the published
     targets use for the ground truth); a no-op at the same size."""
     if mask.shape == tuple(shape):
@@ -238,7 +238,7 @@ class TargetMasks:
 
     def stack(self) -> torch.Tensor:
         if self._stack is None:
-            masks = [resize_nearest(self.proposals.masks([k])[0], self.shape) for k in range(self.kept)]
+            masks = [resize_nearest_centres(self.proposals.masks([k])[0], self.shape) for k in range(self.kept)]
             self._stack = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *self.shape), dtype=torch.bool)
         return self._stack
 

@@ -28,7 +28,7 @@ from llmseg_model.modeling.fusion import build_fusion
 from llmseg_model.modeling.instances import instance_masks, merge_instances
 from llmseg_model.modeling.losses import LossOutput, llmseg_loss
 from llmseg_model.modeling.outputs import FrameFeatures, Result
-from llmseg_model.modeling.proposals import ProposalGenerator, build_sam, check_image
+from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image
 from llmseg_model.modeling.selection import select_proposals
 from llmseg_model.modeling.vlm import SegVLM
 
@@ -204,13 +204,18 @@ class LLMSeg(nn.Module):
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
-    def prepare(self, image: np.ndarray, cache_prompt: bool = True) -> FrameFeatures:
+    def prepare(self, image: np.ndarray, cache_prompt: bool = True, proposals: Proposals | None = None) -> FrameFeatures:
         """Everything that depends on the image only: proposals, mask embeddings, image tokens,
-        and (with `cache_prompt`) the KV cache of the prompt up to the question."""
+        and (with `cache_prompt`) the KV cache of the prompt up to the question. `proposals`
+        (e.g. from the proposal cache) stand in for running SAM."""
         check_image(image)
         timings: dict[str, float] = {}
-        with timed(timings, "proposals"):
-            proposals = self.proposal_generator(image)
+        if proposals is not None:
+            if proposals.image_size != image.shape[:2]:
+                raise ValueError(f"proposals are for a {proposals.image_size} image, this one is {image.shape[:2]}")
+        else:
+            with timed(timings, "proposals"):
+                proposals = self.proposal_generator(image)
         with timed(timings, "features"):
             lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
             patches = self.features.patch_features(self.features.preprocess(image))
@@ -305,20 +310,34 @@ class LLMSeg(nn.Module):
         """Training step on a batch from `llmseg_model.data.training.TrainingSet` (cached proposals).
 
         batch: lowres (B,K,R,R), valid (B,K), gt_iou (B,K), gt_iop (B,K), instructions list[str],
-        optionally phrases list[bool] (which instructions are phrases), and
+        optionally phrases list[bool] (which instructions are phrases), seeds list[int] (each row's
+        template draw), image_index (B,) (rows sharing an image), and
         either dino_pixels (B,3,S,S) + llava_pixels (B,3,s,s) or their cached frozen features
         dino_features (B,C,G,G) + vision_states (B,N,C).
         """
         device = self.device
         if "dino_features" in batch:
             patches, states = batch["dino_features"].to(device), batch["vision_states"].to(device)
-        else:
-            patches, states = self.frozen_features(batch["dino_pixels"], batch["llava_pixels"])
+        else:  # the frozen backbones run once per image, however many questions it has
+            first, rows = one_row_per_image(batch.get("image_index"), len(batch["instructions"]))
+            patches, states = self.frozen_features(batch["dino_pixels"][first], batch["llava_pixels"][first])
+            patches, states = patches[rows.to(device)], states[rows.to(device)]
         embeddings = self.features.pool(patches, batch["lowres"].to(device))
         image_features = self.vlm.image_features(vision_states=states)
-        ce, seg = self.vlm(image_features, batch["instructions"], batch.get("phrases"))
+        ce, seg = self.vlm(image_features, batch["instructions"], batch.get("phrases"), batch.get("seeds"))
         valid = batch["valid"].to(device)
         out = self.fusion(embeddings, seg, valid)
         return llmseg_loss(
             ce, out.iou_logits, out.iop, batch["gt_iou"].to(device), batch["gt_iop"].to(device), valid, self.config.loss
         )
+
+
+def one_row_per_image(image_index: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each image, each row's image among those): rows of one image repeat its
+    tensors, so per-image work runs on `first` and is spread back with `rows`."""
+    if image_index is None:
+        every = torch.arange(rows)
+        return every, every
+    images, inverse = torch.unique(image_index.cpu(), return_inverse=True)
+    first = torch.full((len(images),), rows, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(rows), reduce="amin")
+    return first, inverse

@@ -50,7 +50,7 @@ class SegVLM(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         self.prompts = PromptBuilder(tokenizer, config, self.image_token_id)
-        # Draws the training question and answer templates (reseed for reproducible runs).
+        # Draws the training question and answer templates when a batch brings no seeds.
         self.rng = random.Random(0)
         lora = LoraConfig(
             r=config.lora_r,
@@ -134,17 +134,23 @@ class SegVLM(nn.Module):
             self.seg_proj.train(was_training)
 
     def forward(
-        self, image_features: torch.Tensor, instructions: list[str], phrases: list[bool] | None = None
+        self,
+        image_features: torch.Tensor,
+        instructions: list[str],
+        phrases: list[bool] | None = None,
+        seeds: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced training pass with the training question / answer templates.
+        """Teacher-forced training pass with the training question / answer templates, drawn per
+        row from `seeds` (so processes and resumed runs draw alike), else from `self.rng`.
 
         Returns (answer CE loss, projected <SEG> embeddings (B, D))."""
         phrases = phrases if phrases is not None else [False] * len(instructions)
         num_image_tokens = image_features.shape[1]
         rows, labels, seg_at = [], [], []
-        for text, phrase in zip(instructions, phrases):
-            prompt = self.prompts.prompt_ids(self.prompts.question(text, phrase, self.rng), num_image_tokens)
-            answer = self.prompts.answer_ids(self.prompts.answer(text, self.rng))
+        for k, (text, phrase) in enumerate(zip(instructions, phrases)):
+            rng = random.Random(seeds[k]) if seeds is not None else self.rng
+            prompt = self.prompts.prompt_ids(self.prompts.question(text, phrase, rng), num_image_tokens)
+            answer = self.prompts.answer_ids(self.prompts.answer(text, rng))
             if self.seg_token_id not in answer:
                 raise ValueError(f"training answer has no {self.config.seg_token}: {self.tokenizer.decode(answer)!r}")
             rows.append(prompt + answer)
