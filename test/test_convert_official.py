@@ -463,3 +463,41 @@ def test_cached_and_batched_paths_equal_the_plain_path(model, mode):
         vlm.config.answer_mode = old
     for (text_a, seg_a), (text_b, seg_b) in zip(plain, batch):
         assert text_a == text_b and torch.allclose(seg_a, seg_b, atol=1e-5), (seg_a - seg_b).abs().max()
+
+
+def test_llava_lightning_base_converts_on_its_own(release, tmp_path):
+    """The paper preset trains from the published base: LLaVA-Lightning in LLaVA's own format
+    (LLaMA + mm_projector, no [SEG] yet) plus a CLIP folder -> a llava-hf folder."""
+    import shutil
+
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llmseg_model.checkpoints.official import convert_llava_base
+
+    module = release["module"]
+    base = tmp_path / "LLaVA-Lightning-7B-v1-1"
+    shutil.copytree(release["base"], base)
+    llava_v1 = {k: v for k, v in module.items() if k.startswith(("model.layers.", "model.norm.", "model.mm_projector.")) and ".lora_" not in k}
+    llava_v1["model.embed_tokens.weight"] = module["model.embed_tokens.weight"][:-1].clone()  # no [SEG] row
+    llava_v1["lm_head.weight"] = module["lm_head.weight"][:-1].clone()
+    torch.save(llava_v1, base / "pytorch_model.bin")
+    clip_config = CLIPVisionConfig(hidden_size=CLIP, intermediate_size=2 * CLIP, num_hidden_layers=CLIP_LAYERS, num_attention_heads=1,
+                                   image_size=28, patch_size=PATCH, hidden_act="quick_gelu")
+    clip = CLIPVisionModel(clip_config)
+    clip.save_pretrained(str(tmp_path / "clip"))
+    folder = convert_llava_base(base, tmp_path / "clip", tmp_path / "llava-hf", progress=False)
+
+    config = small_paper_config()
+    config.weights.llava_path = str(folder)
+    config.weights.sam_checkpoint = release["config"].weights.sam_checkpoint
+    config.weights.dinov2_path = release["config"].weights.dinov2_path
+    model = LLMSeg.from_config(config, load_trained=False)
+    llava = model.vlm.base
+    assert model.vlm.seg_token_id == SP_VOCAB + 3  # added when the model is built, after LLaVA-v1's tokens
+    assert torch.equal(llava.get_input_embeddings().weight[:-1].to(torch.bfloat16), llava_v1["model.embed_tokens.weight"])
+    q = next(v for k, v in llava.state_dict().items() if k.endswith("layers.0.self_attn.q_proj.base_layer.weight"))
+    assert torch.equal(q.to(torch.bfloat16), llava_v1["model.layers.0.self_attn.q_proj.weight"])
+    tower = llava.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k.removeprefix("vision_model.")], v) for k, v in clip.state_dict().items())
+    image = np.random.default_rng(7).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    assert model.segment(image, "the red cup").mask.shape == (40, 56)

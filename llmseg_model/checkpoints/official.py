@@ -366,14 +366,7 @@ def convert(
     dtype = _need(state, "model.embed_tokens.weight").dtype
 
     weights = config.weights
-    llava_dir = out / "llava"
-    write_safetensors([e for e in entries if e.group == "llava"], llava_dir / "model.safetensors", progress=progress)
-    llava_cfg.dtype = str(dtype).removeprefix("torch.")
-    llava_cfg.save_pretrained(str(llava_dir))
-    tokenizer.save_pretrained(str(llava_dir))
-    size = llava_cfg.vision_config.image_size
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(llava_dir))
-    weights.llava_path = str(llava_dir)
+    weights.llava_path = str(write_llava(entries, llava_cfg, tokenizer, dtype, out / "llava", progress))
     if dinov2 is None:
         write_safetensors([e for e in entries if e.group == "dinov2"], out / "dinov2" / "model.safetensors", progress=progress)
         dino_cfg.save_pretrained(str(out / "dinov2"))
@@ -391,6 +384,66 @@ def convert(
     config.save(out / "llmseg_config.json")
     logger.info("converted %s into %s", checkpoint, out)
     return LLMSegConfig.load(out / "llmseg_config.json")
+
+
+def write_llava(entries: list[Entry], llava_cfg: LlavaConfig, tokenizer, dtype: torch.dtype, folder: Path, progress: bool) -> Path:
+    """The llava-hf folder: weights, config, tokenizer and the CLIP image processor."""
+    write_safetensors([e for e in entries if e.group == "llava"], folder / "model.safetensors", progress=progress)
+    llava_cfg.dtype = str(dtype).removeprefix("torch.")
+    llava_cfg.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    size = llava_cfg.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
+    return folder
+
+
+def load_folder_state(folder: Path, what: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder's safetensors or torch .bin files, memory-mapped (torch's
+    weights-only loader for .bin)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{what} {folder}: no *.safetensors or pytorch_model*.bin files")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        part = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        state.update(part)
+    return state
+
+
+def convert_llava_base(llava_base: str | Path, clip: str | Path, out: str | Path, progress: bool = True) -> Path:
+    """LLaVA-Lightning-7B-v1-1 (original LLaVA format: LLaMA + mm_projector, CLIP loaded apart)
+    and a local CLIP ViT-L/14 folder -> a llava-hf folder the `paper` preset trains from
+    (`weights.llava_path`); `[SEG]` is added when the model is built, as LISA adds it."""
+    llava_base, clip, out = Path(llava_base), Path(clip), Path(out)
+    for path, flag in ((llava_base, "--llava-base"), (clip, "--clip")):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{flag} {path} is not a folder")
+    state = {k: v for k, v in load_folder_state(llava_base, "--llava-base").items() if not k.startswith("model.vision_tower.")}
+    clip_state = load_folder_state(clip, "--clip")
+    vision = "model.vision_tower.vision_tower.vision_model."
+    for name, tensor in clip_state.items():
+        name = name.removeprefix("vision_model.")
+        if not name.startswith(("text_model.", "logit_scale", "text_projection", "visual_projection")):
+            state[vision + name] = tensor
+    tokenizer = AutoTokenizer.from_pretrained(str(llava_base), local_files_only=True)
+    missing = [t for t in LLAVA_V1_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"--llava-base {llava_base}: the tokenizer lacks LLaVA-v1's {missing}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    vocab = _need(state, "model.embed_tokens.weight").shape[0]
+    if len(tokenizer) != vocab:
+        raise ValueError(f"the tokenizer of --llava-base has {len(tokenizer)} tokens, its embeddings {vocab} rows")
+    base_json = llava_base / "config.json"
+    llava_cfg = llava_config(state, tokenizer, json.loads(base_json.read_text()) if base_json.is_file() else {})
+    keys = _meta_state(lambda: LlavaForConditionalGeneration(llava_cfg))
+    entries = [e for e in plan_entries(state, keys) if e.group == "llava"]
+    check_entries(entries, {"llava": keys})
+    write_llava(entries, llava_cfg, tokenizer, _need(state, "model.embed_tokens.weight").dtype, out, progress)
+    logger.info("converted %s + %s into %s", llava_base, clip, out)
+    return out
 
 
 def _trained_keys(
