@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,22 +46,71 @@ class ProposalConfig:
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.7
     min_mask_region_area: int = 0
-    lowres_size: int = 64  # side of the low-resolution copy used for mask pooling
+    # Side of the low-resolution copy used for mask pooling (published: 256, pooled against the
+    # DINOv2 features upsampled to 256; the proposal cache stores it, ~0.3-0.6 MB an image at 256).
+    lowres_size: int = 256
+    # How that copy is laid out. "pad": zero-pad bottom/right to a square, then bilinear with
+    # antialias (the published pooling maps, utils/sam_mask_reader.py + reason_seg_dataset.py),
+    # matching a letterboxed DINOv2 input. "stretch": area-resize the unpadded mask to a square
+    # (what the tiny preset was trained with, beside its squashed DINOv2 input).
+    lowres_layout: str = "pad"
 
 
 @dataclass
 class FeatureConfig:
     """DINOv2 patch features and the trainable projection used for mask pooling."""
 
-    image_size: int = 518  # DINOv2 input side (a multiple of its patch size)
+    image_size: int = 896  # DINOv2 input side (a multiple of its patch size): 896 -> a 64x64 grid
     embed_dim: int = 256  # output of the trainable 1x1 conv
+    # "letterbox": resize the long side to image_size and zero-pad bottom/right after normalising
+    # (published: ResizeLongestSide + preprocess of utils/reason_seg_dataset.py). "stretch": resize
+    # to image_size x image_size whatever the aspect ratio (the tiny preset's trained input).
+    layout: str = "letterbox"
+    # Side of the map pooling runs on. 0: pool on the patch grid, masks area-resized to it.
+    # N > 0: features bilinearly upsampled to N x N and masks resized to N (published: 256,
+    # model/LISA.py model_forward).
+    pool_size: int = 256
+    # Position-embedding interpolation for inputs larger than the pretraining grid. "hub": the
+    # torch.hub DINOv2 rule the published model ran (bicubic with scale factor (grid + 0.1) / 37);
+    # "hf": transformers' Dinov2Model rule (bicubic to the exact grid).
+    pos_embed: str = "hub"
+    # DINOv2's weight dtype: "auto" is bfloat16 on CUDA (the published model ran the whole
+    # network in bf16) and float32 on the CPU.
+    dtype: str = "auto"
+
+
+# The published LLM-Seg conversation (LLaVA's llava_v1 template) and its question / answer
+# templates (utils/utils.py, utils/dataset.py). {text} is the sentence or phrase.
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+PUBLISHED_SENTENCE_QUESTIONS = (
+    "{text} Please respond with segmentation mask.",
+    "{text} Please output segmentation mask.",
+)
+PUBLISHED_PHRASE_QUESTIONS = (
+    "Can you segment the {text} in this image?",
+    "Please segment the {text} in this image.",
+    "What is {text} in this image? Please respond with segmentation mask.",
+    "What is {text} in this image? Please output segmentation mask.",
+)
+PUBLISHED_ANSWERS = (
+    "It is [SEG].",
+    "Sure, [SEG].",
+    "Sure, it is [SEG].",
+    "Sure, the segmentation result is [SEG].",
+    "[SEG].",
+)
+ANSWER_MODES = ("given", "verified", "generate")
+SEG_STATES = ("before_seg", "at_seg")
 
 
 @dataclass
 class VlmConfig:
-    """LLaVA with a `<SEG>` token, LoRA on the language model, and the prompt format."""
+    """LLaVA with a `<SEG>` token, LoRA on the language model, and the conversation format."""
 
-    seg_token: str = "<SEG>"
+    seg_token: str = "[SEG]"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -69,8 +119,28 @@ class VlmConfig:
     # Modules trained in full beside LoRA (LISA / LLM-Seg train the token embeddings and lm head so
     # the new <SEG> token gets a real embedding).
     trainable_modules: tuple[str, ...] = ("embed_tokens", "lm_head")
-    prompt_template: str = "USER: <image>\n{instruction} Please output the segmentation mask. ASSISTANT:"
-    answer_text: str = "Sure, it is <SEG>."
+    # The conversation: {system} and {question} are filled in, <image> becomes the image tokens.
+    system_prompt: str = LLAVA_V1_SYSTEM
+    prompt_template: str = "{system} USER: <im_start><image><im_end>\n{question} ASSISTANT:"
+    # Questions and answers at inference (the published validation's): a sentence, or a phrase
+    # such as "the red cup" (SegSample.phrase). The answer follows " ASSISTANT:" after a space.
+    sentence_question: str = "{text} Please output segmentation mask."
+    phrase_question: str = "What is {text} in this image? Please output segmentation mask."
+    answer: str = "[SEG]."
+    # Training draws a question and an answer uniformly from these (phrases are lower-cased first).
+    train_sentence_questions: tuple[str, ...] = PUBLISHED_SENTENCE_QUESTIONS
+    train_phrase_questions: tuple[str, ...] = PUBLISHED_PHRASE_QUESTIONS
+    train_answers: tuple[str, ...] = PUBLISHED_ANSWERS
+    # Tokenise as the published (transformers 4.29 slow Llama) tokenizer did: the text is cut at
+    # added tokens, whitespace next to them is stripped, each piece is encoded on its own.
+    strip_around_special: bool = True
+    # Which last-layer hidden state becomes the <SEG> embedding: "before_seg" is the state whose
+    # LM head predicts <SEG> (published, model/LISA.py), "at_seg" the state at <SEG> itself.
+    seg_state: str = "before_seg"
+    # "given": the answer is fed after the prompt and never checked (the published evaluation);
+    # "verified": the answer is fed, checked against greedy decoding, generated where it differs;
+    # "generate": greedy generation.
+    answer_mode: str = "given"
     max_new_tokens: int = 32
     max_instruction_chars: int = 1000
     seg_embed_dim: int = 256
@@ -82,13 +152,22 @@ class VlmConfig:
 
 @dataclass
 class FusionConfig:
-    """The fusion transformer between the K proposal tokens and the <SEG> token."""
+    """The fusion transformer between the K proposal tokens and the <SEG> token, and its heads."""
 
+    # "published": LLM-Seg's blocks (model/LISA.py, model/transformer.py LISA_TwoWayAttentionBlock):
+    # self-attention over proposals, proposals <- SEG, MLP on proposals, SEG <- proposals; an IoP
+    # head dim-128-1 and an embedding head dim-2048-dim compared by cosine with the un-fused <SEG>
+    # embedding. "joint": the tiny preset's trained variant: input projections, SEG joins the
+    # self-attention and the MLP, cross-attentions in the other order, 3-layer heads, cosine
+    # against a projection of the fused SEG.
+    variant: str = "published"
     dim: int = 256
     depth: int = 2
     num_heads: int = 8
     mlp_dim: int = 2048
     dropout: float = 0.0
+    iop_hidden: int = 128  # published IoP head: Linear(dim, 128)-ReLU-Linear(128, 1)-Sigmoid
+    embedding_hidden: int = 2048  # published embedding head: Linear(dim, 2048)-ReLU-Linear(2048, dim)
 
 
 @dataclass
@@ -103,6 +182,33 @@ class SelectionConfig:
 
 
 @dataclass
+class InstanceConfig:
+    """When two selected proposals count as one object (llmseg_model/modeling/instances.py).
+
+    Chosen with the shipped tiny preset on 60 procedural val scenes (240 instructions, 310 target
+    objects): 876 selected proposals became 325 instances, and in 96.7% of the answers the instance
+    count equals the number of scene objects the selected proposals lie on. Containment does nearly
+    all the work, with a flat optimum at 0.5-0.6 (0.8 leaves 3 objects split in two, 0.4 joins one
+    more pair of objects); the IoU rule matters little there but catches shifted near-duplicates
+    that neither contains. Checked on 40 held-out test scenes (160 instructions, 214 targets): 591
+    selected proposals -> 222 instances; count equal to the targets in 23% -> 81% of the answers,
+    to the objects hit in 26% -> 94%. What stays joined (9 instances there) is a single SAM
+    proposal spanning two objects, which no overlap rule can split.
+    """
+
+    # Near-duplicates: SAM's multi-scale and multi-point outputs of one object.
+    iou_threshold: float = 0.5
+    # A part inside a whole: |a & b| / min(|a|, |b|) at or above this joins them.
+    containment_threshold: float = 0.6
+
+    def __post_init__(self) -> None:
+        for name in ("iou_threshold", "containment_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"InstanceConfig.{name} must be in (0, 1], got {value}")
+
+
+@dataclass
 class LossConfig:
     """Weights of the LLM-Seg training losses."""
 
@@ -110,6 +216,11 @@ class LossConfig:
     align_weight: float = 1.0
     iop_weight: float = 50.0
     temperature: float = 0.05
+    # How the IoP regression is averaged. "row": 50 x the mean over each instruction row's
+    # proposals, then the mean over rows (published model/loss.py iou_regression_loss, per round
+    # and image). "pooled": 50 x the mean over every valid proposal of the batch (rows with many
+    # proposals weigh more; the tiny preset was trained so).
+    iop_reduction: str = "row"
 
 
 @dataclass
@@ -133,6 +244,7 @@ class LLMSegConfig:
     vlm: VlmConfig = field(default_factory=VlmConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     weights: WeightPaths = field(default_factory=WeightPaths)
 
@@ -145,11 +257,25 @@ class LLMSegConfig:
         return _from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write as JSON. Weight paths inside the file's parent folder are stored relative to the
+        file's folder, so a weights folder copied elsewhere still loads (`load` resolves them)."""
+        path = Path(path)
+        data = self.to_dict()
+        home = path.parent.resolve()
+        for key, value in data["weights"].items():
+            if value and Path(value).expanduser().resolve().is_relative_to(home.parent):
+                data["weights"][key] = os.path.relpath(Path(value).expanduser().resolve(), home)
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "LLMSegConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read what `save` wrote; relative weight paths are taken from the file's folder."""
+        path = Path(path)
+        config = cls.from_dict(json.loads(path.read_text()))
+        for key, value in dataclasses.asdict(config.weights).items():
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(config.weights, key, os.path.normpath(path.parent.resolve() / value))
+        return config
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -172,12 +298,30 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def paper_config(**weights: str) -> LLMSegConfig:
-    """LLM-Seg as published: SAM ViT-H, DINOv2 ViT-L/14, LLaVA; weights from local paths."""
+    """LLM-Seg as published (wangjunchi/LLMSeg): SAM ViT-H, DINOv2 ViT-L/14 at 896 letterboxed,
+    LLaVA-Lightning-7B-v1-1 in transformers' Llava classes (converted by convert_official), the
+    published fusion and heads; weights from local paths."""
     return LLMSegConfig(preset="paper", weights=WeightPaths(**weights))
+
+
+def paper_llava15_config(**weights: str) -> LLMSegConfig:
+    """The paper preset on a llava-hf LLaVA-1.5 base (e.g. llava-1.5-7b-hf, CLIP-336, 576 image
+    tokens) for training from scratch: llava-hf's "USER: <image>\n... ASSISTANT:" conversation,
+    without LLaVA-v1's system prompt and <im_start>/<im_end>. No released LLM-Seg weights fit it."""
+    config = paper_config(**weights)
+    config.preset = "paper_llava15"
+    config.vlm.system_prompt = ""
+    config.vlm.prompt_template = "USER: <image>\n{question} ASSISTANT:"
+    return config
 
 
 def tiny_config() -> LLMSegConfig:
     """The small preset trained in this repository on procedural scenes; runs on a CPU."""
+    question = "{text} Please output the segmentation mask."
+    # The tiny Llama starts with nearly the same <SEG> state for every instruction (cosine 0.99);
+    # restating the request in the answer and batch-normalising the projection is what let the
+    # fusion learn from it (the plain answer collapsed to one vector).
+    answer = "Sure, {text} It is <SEG>."
     return LLMSegConfig(
         preset="tiny",
         sam=SamConfig(
@@ -202,14 +346,26 @@ def tiny_config() -> LLMSegConfig:
             stability_score_thresh=0.8,
             box_nms_thresh=0.7,
             lowres_size=64,
+            lowres_layout="stretch",
         ),
-        features=FeatureConfig(image_size=224, embed_dim=128),
+        # Trained on square procedural scenes with a squashed input, pooled on the patch grid.
+        features=FeatureConfig(image_size=224, embed_dim=128, layout="stretch", pool_size=0, pos_embed="hf", dtype="float32"),
         vlm=VlmConfig(
+            seg_token="<SEG>",
+            system_prompt="",
+            prompt_template="USER: <image>\n{question} ASSISTANT:",
+            sentence_question=question,
+            phrase_question=question,
+            answer=answer,
+            train_sentence_questions=(question,),
+            train_phrase_questions=(question,),
+            train_answers=(answer,),
+            strip_around_special=False,
+            seg_state="at_seg",
+            # Its answer is checked against greedy decoding in the same forward (generation takes
+            # over where they differ), so results equal free generation at one forward's cost.
+            answer_mode="verified",
             seg_embed_dim=128,
-            # The tiny Llama starts with nearly the same <SEG> state for every instruction (cosine
-            # 0.99); restating the request in the answer and batch-normalising the projection is
-            # what let the fusion learn from it (the plain answer collapsed to one vector).
-            answer_text="Sure, {instruction} It is <SEG>.",
             seg_batch_norm=True,
             max_new_tokens=48,
             # As in LISA / LLM-Seg: LoRA + token embeddings + LM head (+ the projector, since the tiny
@@ -220,11 +376,12 @@ def tiny_config() -> LLMSegConfig:
             # bfloat16 weights would round away AdamW's small updates.
             dtype="float32",
         ),
-        fusion=FusionConfig(dim=128, depth=2, num_heads=8, mlp_dim=512),
+        fusion=FusionConfig(variant="joint", dim=128, depth=2, num_heads=8, mlp_dim=512),
         # Every procedural instruction has a target; when no proposal passes the IoP threshold the
         # best IoU-head proposal is still the better answer if its IoP is not negligible (held-out
         # val gIoU 0.692 -> 0.697). Below 0.2 the result stays explicitly empty.
         selection=SelectionConfig(fallback_min_iop=0.2),
+        loss=LossConfig(iop_reduction="pooled"),
         weights=WeightPaths(
             sam_checkpoint=str(TINY_WEIGHTS_DIR / "sam.safetensors"),
             dinov2_path=str(TINY_WEIGHTS_DIR / "dinov2"),
@@ -234,7 +391,7 @@ def tiny_config() -> LLMSegConfig:
     )
 
 
-PRESETS = {"paper": paper_config, "tiny": tiny_config}
+PRESETS = {"paper": paper_config, "paper_llava15": paper_llava15_config, "tiny": tiny_config}
 
 
 def merge_nested(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
     python -m llmseg_model.demo                      # a held-out procedural scene, its own instructions
     python -m llmseg_model.demo --image photo.png --instruction "the thing I could roll"
 
-Writes an overlay PNG per instruction and a results JSON to --out, and logs masks and timings.
+Writes a picture per instruction (llmseg_model.visualize: the instances the selected proposals
+form, each outlined and numbered, under a caption with the instruction and scores) and a results
+JSON to --out, and logs instances, IoU and timings.
 """
 
 from __future__ import annotations
@@ -18,18 +20,9 @@ from PIL import Image
 
 from llmseg_model.config import WeightPaths, preset_config
 from llmseg_model.modeling.model import LLMSeg
+from llmseg_model.visualize import render_instances
 
 logger = logging.getLogger("llmseg_model.demo")
-
-COLOURS = np.array([[255, 64, 64], [64, 200, 255], [255, 220, 0], [120, 255, 120], [255, 0, 255]], np.uint8)
-
-
-def overlay(image: np.ndarray, instance_masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Tint each selected instance in its own colour, so several instances stay distinguishable."""
-    out = image.astype(np.float32)
-    for i, mask in enumerate(instance_masks):
-        out[mask] = (1 - alpha) * out[mask] + alpha * COLOURS[i % len(COLOURS)]
-    return out.round().astype(np.uint8)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,20 +70,28 @@ def main(argv: list[str] | None = None) -> None:
     report = []
     for i, (text, gt) in enumerate(zip(instructions, truth)):
         result = model.query(frame, text)
-        Image.fromarray(overlay(image, result.instance_masks)).save(out_dir / f"overlay_{i}.png")
+        instances = result.instances
         entry = {
             "instruction": text,
             "answer": result.answer,
-            "instances": len(result.proposal_indices),
+            "instances": len(instances),
+            "selected_proposals": len(result.proposal_indices),
             "pixels": int(result.mask.sum()),
-            "scores": [round(float(s), 3) for s in result.instance_scores],
+            "scores": [round(inst.score, 3) for inst in instances],
+            "boxes_xywh": [[int(v) for v in inst.box] for inst in instances],
+            "instance_proposals": [inst.proposal_indices.tolist() for inst in instances],
             "timings_ms": {k: round(1000 * v, 1) for k, v in result.timings.items()},
         }
+        caption = f'"{text}"'
         if gt is not None:
             union = (result.mask | gt).sum()
             entry["iou"] = round(float((result.mask & gt).sum() / union) if union else 1.0, 3)
+            caption += f"\nIoU {entry['iou']:.2f} against the scene's ground truth"
+        picture = render_instances(image, result.instance_masks, result.instance_scores, caption)
+        Image.fromarray(picture).save(out_dir / f"overlay_{i}.png")
         report.append(entry)
-        logger.info("%r -> %s", text, {k: v for k, v in entry.items() if k != "instruction"})
+        logged = ("instances", "selected_proposals", "iou", "scores", "timings_ms")
+        logger.info("%r -> %s", text, {k: entry[k] for k in logged if k in entry})
     (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     logger.info("wrote %s", out_dir)
 

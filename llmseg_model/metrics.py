@@ -1,12 +1,14 @@
-"""gIoU and cIoU exactly as ReasonSeg (LISA) defines them, scored at the image's native resolution.
+"""gIoU and cIoU exactly as ReasonSeg (LISA) defines them.
 
 For one image with prediction P and ground truth G (ignore pixels, 255, removed from both):
     I = |P & G|,  U = |P | G|,  IoU = I / U, and IoU = 1.0 when U == 0 (both empty).
 gIoU is the mean of the per-image IoUs; cIoU is sum(I) / sum(U) over the whole set.
 
-LISA computes these after upsampling the prediction to the original image size; the official
-LLM-Seg evaluation resizes everything to 1024x1024 first, which changes cIoU. Nothing here ever
-resizes: prediction and ground truth must have the same (H, W).
+Two scorings (`scored_counts`): "native" scores at the image's own resolution, as LISA and the
+published LLM-Seg40K script (validate_llmseg.py) do; "resize1024" first resizes prediction and
+ground truth to 1024x1024 with nearest neighbour, as the published ReasonSeg evaluation
+(training.py validate_threshold) does, which weighs small images up and changes cIoU. The
+functions below never resize on their own: prediction and ground truth must have the same (H, W).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from llmseg_model.data.sample import IGNORE_INDEX
@@ -56,6 +60,25 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     intersection = int(np.count_nonzero(valid_pred & target))
     union = int(np.count_nonzero(valid_pred)) + int(np.count_nonzero(target)) - intersection
     return intersection, union
+
+
+SCORINGS = ("native", "resize1024")
+
+
+def resize_nearest(mask: np.ndarray, size: int = 1024) -> np.ndarray:
+    """(H, W) integer mask -> (size, size) with torch's nearest rule (the published evaluation's)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None, None].float()
+    return F.interpolate(tensor, size=(size, size), mode="nearest")[0, 0].numpy().astype(np.uint8)
+
+
+def scored_counts(pred: np.ndarray, gt: np.ndarray, scoring: str = "native") -> tuple[int, int]:
+    """Intersection and union of one image under a scoring of SCORINGS."""
+    if scoring == "native":
+        return intersection_union(pred, gt)
+    if scoring == "resize1024":
+        pred, gt = check_pair(pred, gt)
+        return intersection_union(resize_nearest(pred) != 0, resize_nearest(gt))
+    raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
 
 
 def iou_from_counts(intersection: int, union: int) -> float:

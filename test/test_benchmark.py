@@ -72,7 +72,7 @@ def cached_reasonseg(tmp_path):
     ]
     proposals_b = [region(0, 20, 0, 30), region(20, 40, 30, 60)]
     for sample, masks in zip((data[0], data[1]), (proposals_a, proposals_b)):
-        cache.put(sample.source, sample.image_id, Proposals.from_masks(np.stack(masks), 64), sample.load_image())
+        cache.put(sample.source, sample.image_id, Proposals.from_masks(np.stack(masks), 64, lowres_layout=config.proposals.lowres_layout), sample.load_image())
     return tmp_path, config, data
 
 
@@ -121,7 +121,10 @@ def test_baselines_from_cache(cached_reasonseg):
     out = root / "out"
     assert json.loads((out / "results.json").read_text())["scores"] == report["scores"]
     table = (out / "results.md").read_text()
-    assert "| all | first | oracle_iop | 100.00 | 100.00 | 2 |" in table
+    # Two texts per image: first and all differ in n, so each mode gets its columns.
+    assert "| group | method | gIoU first | gIoU all | cIoU first | cIoU all | n first | n all |" in table
+    assert "| all | oracle_iop | 100.00 | 100.00 | 100.00 | 100.00 | 2 | 4 |" in table
+    assert not (out / "examples").exists()  # no model, no answers to draw
     with Image.open(out / "benchmark.png") as image:
         assert image.size[0] > 300
 
@@ -153,6 +156,8 @@ def test_config_validation():
         BenchmarkConfig(methods=["random"])
     with pytest.raises(ValueError, match="unknown key"):
         BenchmarkConfig.from_dict({"metods": ["llmseg"]})
+    with pytest.raises(ValueError, match="examples"):
+        BenchmarkConfig(examples=-1)
     config = BenchmarkConfig.from_yaml(REPO / "config" / "benchmark_tiny.yaml")
     assert config.preset == "tiny" and config.datasets[0].split == "test"
     for name in ("benchmark_reasonseg.yaml", "benchmark_llmseg40k.yaml"):
@@ -191,6 +196,69 @@ def test_end_to_end_untrained_tiny_model(tmp_path, untrained_tiny_model):
     best = max((image_iou(m, gt) for m in frame_masks), default=0.0)
     assert entry["oracle_iou"]["iou"] == pytest.approx(best)
     assert "| llm |" in (tmp_path / "results.md").read_text()
+    # One picture per answer, up to `examples`: the 96 x 128 image enlarged 6 times (short side
+    # >= 512) with a caption band below.
+    pictures = sorted((tmp_path / "examples").glob("*.png"))
+    assert len(pictures) == 3
+    with Image.open(pictures[0]) as picture:
+        assert picture.size[0] == 6 * 128 and picture.size[1] > 6 * 96
+
+
+def score_row(dataset, group, mode, method, giou, ciou, count):
+    return {"dataset": dataset, "group": group, "mode": mode, "method": method, "giou": giou, "ciou": ciou, "count": count}
+
+
+def synthetic_report(scores, modes=("first", "all"), methods=("llmseg", "random")):
+    stats = {"count": 3, "median_ms": 12.0, "p95_ms": 20.0, "mean_ms": 13.0}
+    fast = {"count": 3, "median_ms": 0.4, "p95_ms": 0.9, "mean_ms": 0.5}
+    return {
+        "preset": "tiny",
+        "platform": {"device": "cpu"},
+        "config": {"modes": list(modes), "methods": list(methods)},
+        "datasets": [],
+        "scores": scores,
+        "latency": {"warmup_images": 1, "stages": {"proposals": stats, "selection": fast}, "totals": {"prepare": stats}},
+        "samples": [{"text_index": 0, "llmseg": {"iou": 0.4}, "random": {"iou": 0.1}}],
+    }
+
+
+def test_report_rows_collapse_where_modes_agree(tmp_path):
+    scores = []
+    for mode in ("first", "all"):
+        for group in ("all", "superlative", "attribute"):
+            for method, giou in (("llmseg", 0.5), ("random", 0.2)):
+                # procedural: one text per sample, so both modes score the same
+                scores.append(score_row("procedural/test", group, mode, method, giou, giou - 0.1, 8))
+                # reasonseg: `all` scores more texts and differs on the long queries
+                better = 0.1 if mode == "all" and group == "attribute" else 0.0
+                count = 4 if mode == "first" else 9
+                scores.append(score_row("reasonseg/val", group, mode, method, giou + better, giou, count))
+    table = benchmark.markdown_report(synthetic_report(scores))
+    procedural = table[table.index("## procedural/test") : table.index("## reasonseg/val")]
+    reasonseg = table[table.index("## reasonseg/val") : table.index("## Latency")]
+    # Identical modes: one row per group x method, one set of columns, "all" first, groups by name.
+    rows = [line for line in procedural.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| group | method | gIoU | cIoU | n |"
+    assert rows[1:] == [
+        "| all | llmseg | 50.00 | 40.00 | 8 |",
+        "| all | random | 20.00 | 10.00 | 8 |",
+        "| attribute | llmseg | 50.00 | 40.00 | 8 |",
+        "| attribute | random | 20.00 | 10.00 | 8 |",
+        "| superlative | llmseg | 50.00 | 40.00 | 8 |",
+        "| superlative | random | 20.00 | 10.00 | 8 |",
+    ]
+    assert "identical" in procedural
+    # Modes that differ become columns; still one row per group x method.
+    rows = [line for line in reasonseg.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| group | method | gIoU first | gIoU all | cIoU first | cIoU all | n first | n all |"
+    assert "| attribute | llmseg | 50.00 | 60.00 | 50.00 | 50.00 | 4 | 9 |" in rows and len(rows) == 1 + 6
+    # A single mode is named once, not repeated per row.
+    single = benchmark.markdown_report(synthetic_report([r for r in scores if r["mode"] == "all"], modes=["all"]))
+    assert "Mode `all`." in single and "| all | llmseg | 50.00 | 40.00 | 8 |" in single
+    # The plot: latency on a log axis, the per-sample spread, gIoU per group.
+    benchmark.plot_report(synthetic_report(scores), tmp_path / "plot.png")
+    with Image.open(tmp_path / "plot.png") as image:
+        assert image.size == (1200, 850)
 
 
 SHIPPED = TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors"

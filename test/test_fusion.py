@@ -1,29 +1,42 @@
+import pytest
 import torch
 
 from llmseg_model.config import FusionConfig
-from llmseg_model.modeling.fusion import FusionTransformer
+from llmseg_model.modeling.fusion import build_fusion
+
+# (variant, mask_dim, seg_dim): the published fusion has no input projections.
+VARIANTS = {"joint": (24, 16), "published": (32, 32)}
 
 
-def make(dim=32):
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request):
+    return request.param
+
+
+def make(variant="joint", dim=32):
     torch.manual_seed(0)
-    return FusionTransformer(FusionConfig(dim=dim, depth=2, num_heads=4, mlp_dim=64), mask_dim=24, seg_dim=16).eval()
+    mask_dim, seg_dim = VARIANTS[variant]
+    config = FusionConfig(variant=variant, dim=dim, depth=2, num_heads=4, mlp_dim=64, iop_hidden=16, embedding_hidden=48)
+    return build_fusion(config, mask_dim=mask_dim, seg_dim=seg_dim).eval()
 
 
-def test_shapes_ranges_and_padding():
-    fusion = make()
+def test_shapes_ranges_and_padding(variant):
+    fusion = make(variant)
+    m, d = VARIANTS[variant]
     valid = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
-    out = fusion(torch.randn(2, 8, 24), torch.randn(2, 16), valid)
+    out = fusion(torch.randn(2, 8, m), torch.randn(2, d), valid)
     assert out.iou_logits.shape == out.iop.shape == (2, 8)
     assert torch.isinf(out.iou_logits[0, 5:]).all() and (out.iop[0, 5:] == 0).all()
     real = out.iou_logits[valid]
     assert (real.abs() <= 1.0 + 1e-5).all() and ((out.iop >= 0) & (out.iop <= 1)).all()
 
 
-def test_padding_content_does_not_change_real_scores():
-    fusion = make()
-    emb = torch.randn(1, 6, 24)
+def test_padding_content_does_not_change_real_scores(variant):
+    fusion = make(variant)
+    m, d = VARIANTS[variant]
+    emb = torch.randn(1, 6, m)
     valid = torch.tensor([[True, True, True, True, False, False]])
-    seg = torch.randn(1, 16)
+    seg = torch.randn(1, d)
     a = fusion(emb, seg, valid)
     emb2 = emb.clone()
     emb2[0, 4:] = 100.0
@@ -32,17 +45,36 @@ def test_padding_content_does_not_change_real_scores():
     assert torch.allclose(a.iop[0, :4], b.iop[0, :4], atol=1e-5)
 
 
-def test_scores_depend_on_seg_and_on_other_proposals():
-    fusion = make()
-    emb = torch.randn(1, 4, 24)
+def test_scores_depend_on_seg_and_on_other_proposals(variant):
+    fusion = make(variant)
+    m, d = VARIANTS[variant]
+    emb = torch.randn(1, 4, m)
     valid = torch.ones(1, 4, dtype=torch.bool)
-    base = fusion(emb, torch.randn(1, 16), valid).iop
-    assert not torch.allclose(base, fusion(emb, torch.randn(1, 16), valid).iop)
+    seg = torch.randn(1, d)
+    base = fusion(emb, seg, valid).iop
+    assert not torch.allclose(base, fusion(emb, torch.randn(1, d), valid).iop)
     emb2 = emb.clone()
-    emb2[0, 3] = torch.randn(24)
-    assert not torch.allclose(base[0, :3], fusion(emb2, torch.randn(1, 16), valid).iop[0, :3])
+    emb2[0, 3] = torch.randn(m)
+    assert not torch.allclose(base[0, :3], fusion(emb2, seg, valid).iop[0, :3])
 
 
-def test_no_proposals_is_finite():
-    out = make()(torch.zeros(1, 3, 24), torch.randn(1, 16), torch.zeros(1, 3, dtype=torch.bool))
+def test_no_proposals_is_finite(variant):
+    m, d = VARIANTS[variant]
+    out = make(variant)(torch.zeros(1, 3, m), torch.randn(1, d), torch.zeros(1, 3, dtype=torch.bool))
     assert (out.iop == 0).all() and torch.isinf(out.iou_logits).all()
+
+
+def test_published_fusion_needs_equal_dimensions():
+    with pytest.raises(ValueError, match="no input projections"):
+        build_fusion(FusionConfig(variant="published", dim=32), mask_dim=24, seg_dim=32)
+
+
+def test_padded_row_equals_the_row_alone(variant):
+    """Padding is masked out of every attention: a padded batch row computes what it would alone."""
+    fusion = make(variant)
+    m, d = VARIANTS[variant]
+    emb, seg = torch.randn(1, 5, m), torch.randn(1, d)
+    alone = fusion(emb, seg, torch.ones(1, 5, dtype=torch.bool))
+    padded = fusion(torch.cat([emb, torch.randn(1, 3, m)], 1), seg, torch.tensor([[True] * 5 + [False] * 3]))
+    assert torch.allclose(alone.iop, padded.iop[:, :5], atol=1e-6)
+    assert torch.allclose(alone.iou_logits, padded.iou_logits[:, :5], atol=1e-6)

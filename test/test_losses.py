@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from llmseg_model.config import LossConfig
@@ -21,8 +22,8 @@ def test_alignment_loss_is_kl_of_tempered_softmaxes():
 
 def test_iop_loss_weights_errors_inside_the_target_more():
     valid = torch.ones(1, 2, dtype=torch.bool)
-    inside = iop_loss(torch.tensor([[0.5, 0.0]]), torch.tensor([[1.0, 0.0]]), valid, 50.0)
-    outside = iop_loss(torch.tensor([[0.0, 0.5]]), torch.tensor([[0.0, 0.0]]), valid, 50.0)
+    inside = iop_loss(torch.tensor([[0.5, 0.0]]), torch.tensor([[1.0, 0.0]]), valid, 50.0, "pooled")
+    outside = iop_loss(torch.tensor([[0.0, 0.5]]), torch.tensor([[0.0, 0.0]]), valid, 50.0, "pooled")
     assert math.isclose(float(inside), 50 * 0.25 / 2, rel_tol=1e-6)
     assert math.isclose(float(outside), 50 * math.exp(-1) * 0.25 / 2, rel_tol=1e-6)
 
@@ -48,3 +49,20 @@ def test_proposal_targets_exclude_ignore_pixels():
     iou, iop = proposal_targets(props, gt)
     assert iou.tolist() == [1.0, 0.25, 0.0]
     assert iop.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_iop_row_reduction_is_the_published_per_round_mean():
+    """model/loss.py iou_regression_loss: 50 * mean over one round's K proposals, then the mean
+    over rounds; "pooled" averages over every valid proposal of the batch instead."""
+    pred, gt = torch.rand(2, 6), torch.rand(2, 6)
+    valid = torch.tensor([[True] * 2 + [False] * 4, [True] * 6])
+
+    def published(p, g):
+        return 50.0 * (torch.exp(g - 1.0) * (p - g) ** 2).mean()
+
+    rows = [published(pred[0, :2], gt[0, :2]), published(pred[1], gt[1])]
+    assert math.isclose(float(iop_loss(pred, gt, valid, 50.0, "row")), float(sum(rows) / 2), rel_tol=1e-6)
+    pooled = 50.0 * (torch.exp(gt - 1.0) * (pred - gt) ** 2)[valid].mean()
+    assert math.isclose(float(iop_loss(pred, gt, valid, 50.0, "pooled")), float(pooled), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="iop_reduction"):
+        iop_loss(pred, gt, valid, 50.0, "sum")

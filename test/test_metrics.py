@@ -159,3 +159,30 @@ def test_proposal_overlaps_match_dense_reference():
     assert proposal_overlaps([], gt)[0].shape == (0,)
     with pytest.raises(ValueError, match="differs"):
         proposal_overlaps(encode_rles(masks[:, :5, :5]), gt)
+
+
+def test_resize1024_scoring_is_the_published_reasonseg_one():
+    """training.py validate_threshold: prediction and ground truth nearest-resized to 1024x1024,
+    then ignore-aware intersection / union; native scoring differs on non-square images."""
+    import torch
+    import torch.nn.functional as F
+
+    from llmseg_model.metrics import scored_counts
+
+    rng = np.random.default_rng(5)
+    pred = rng.random((37, 53)) > 0.5
+    gt = (rng.random((37, 53)) > 0.6).astype(np.uint8)
+    gt[:5, :5] = 255
+
+    def published(p, g):
+        p = F.interpolate(torch.from_numpy(p.astype(np.uint8))[None, None].float(), size=(1024, 1024), mode="nearest")[0, 0]
+        g = F.interpolate(torch.from_numpy(g)[None, None].float(), size=(1024, 1024), mode="nearest")[0, 0]
+        p = p.clone()
+        p[g == 255] = 255  # intersectionAndUnionGPU: output[target == ignore] = ignore
+        inter = int(((p == 1) & (g == 1)).sum())
+        return inter, int((p == 1).sum() + (g == 1).sum()) - inter
+
+    assert scored_counts(pred, gt, "resize1024") == published(pred, gt)
+    assert scored_counts(pred, gt, "native") == intersection_union(pred, gt) != published(pred, gt)
+    with pytest.raises(ValueError, match="scoring"):
+        scored_counts(pred, gt, "1024")

@@ -13,7 +13,7 @@ def test_prepare_once_query_many(untrained_tiny_model):
     scene = ProceduralDataset("val", 1).scene(0)
     frame = untrained_tiny_model.prepare(scene.image)
     assert frame.proposals.count > 0 and frame.mask_embeddings.shape[0] == frame.proposals.count
-    assert set(frame.timings) == {"proposals", "features", "vision"}
+    assert set(frame.timings) == {"proposals", "features", "vision", "prompt_prefix"}
     for instruction in scene.instructions[:2]:
         result = untrained_tiny_model.query(frame, instruction.text)
         assert result.mask.shape == scene.image.shape[:2] and result.mask.dtype == bool
@@ -122,3 +122,39 @@ def test_lora_merge_export_loads_and_answers_the_same(untrained_tiny_model, tmp_
     b = again.segment(scene.image, "the red ball")
     assert a.answer == b.answer
     assert np.allclose(a.iop_scores, b.iop_scores, atol=1e-4)
+
+
+def test_saved_config_is_portable_with_its_weights_folder(tmp_path):
+    """Weight paths are stored relative to the config's folder: a copied weights folder loads."""
+    import shutil
+
+    from llmseg_model.config import TINY_WEIGHTS_DIR
+
+    copy = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(TINY_WEIGHTS_DIR, copy)
+    stored = (copy / "llmseg" / "llmseg_config.json").read_text()
+    assert str(TINY_WEIGHTS_DIR) not in stored
+    config = LLMSegConfig.load(copy / "llmseg" / "llmseg_config.json")
+    assert config.weights.sam_checkpoint == str(copy / "sam.safetensors")
+    assert config.weights.llmseg_weights == str(copy / "llmseg")
+    model = LLMSeg.from_config(config)
+    assert model.config.preset == "tiny"
+
+
+def test_one_row_per_image_spreads_per_image_work_back_to_rows():
+    from llmseg_model.modeling.model import one_row_per_image
+
+    first, rows = one_row_per_image(torch.tensor([0, 0, 0, 1, 2, 2]), 6)
+    assert first.tolist() == [0, 3, 4] and rows.tolist() == [0, 0, 0, 1, 2, 2]
+    first, rows = one_row_per_image(None, 3)
+    assert first.tolist() == rows.tolist() == [0, 1, 2]
+
+
+def test_prepare_with_given_proposals_skips_sam(untrained_tiny_model):
+    scene = ProceduralDataset("val", 1).scene(0)
+    computed = untrained_tiny_model.prepare(scene.image)
+    given = untrained_tiny_model.prepare(scene.image, proposals=computed.proposals)
+    assert "proposals" not in given.timings
+    assert torch.allclose(given.mask_embeddings, computed.mask_embeddings)
+    with pytest.raises(ValueError, match="proposals are for"):
+        untrained_tiny_model.prepare(scene.image[:100], proposals=computed.proposals)

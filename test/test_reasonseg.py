@@ -53,8 +53,9 @@ def test_reads_samples_texts_and_masks(tmp_path):
     assert len(data) == 2
     a, b = data[0], data[1]
     assert a.image_id == "a" and a.source == "reasonseg"
-    assert a.texts == ["What is cup in this image?", "What is mug in this image?"]
-    assert b.texts == ["Something I could drink from."]
+    # Texts as written; the phrase flag makes the model ask "What is cup in this image? ..."
+    assert a.texts == ["cup", "mug"] and a.phrase
+    assert b.texts == ["Something I could drink from."] and not b.phrase
     assert a.load_image().shape == (30, 40, 3) and a.load_image().dtype == np.uint8
     mask = a.load_mask()
     assert mask.shape == (30, 40) and mask.dtype == np.uint8
@@ -88,6 +89,29 @@ def test_points_are_truncated_like_lisa():
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_triangle_outline_is_drawn_like_lisa():
+    """cv2.polylines + cv2.fillPoly: LISA's mask of this triangle has 16 pixels (PIL's polygon
+    fill drew 13)."""
+    mask = rasterize_shapes([{"label": "target", "points": [[0, 0], [5, 1], [3, 4]]}], 5, 7)
+    assert int(mask.sum()) == 16
+    assert mask[0, 0] == 1 and mask[4, 3] == 1 and mask[1, 5] == 1  # vertices and outline included
+
+
+def test_equal_areas_follow_lisas_sort_order():
+    """Equal areas: shapes are drawn in np.argsort(areas)[::-1] order, so with two equal shapes the
+    first in the file is drawn last and wins their overlap."""
+    target, ignore = {"label": "target", "points": rect(0, 0, 5, 5)}, {"label": "ignore", "points": rect(3, 3, 8, 8)}
+    assert rasterize_shapes([target, ignore], 10, 10)[4, 4] == 1
+    assert rasterize_shapes([ignore, target], 10, 10)[4, 4] == 255
+
+
+def test_two_point_shapes_are_lines():
+    mask = rasterize_shapes([{"label": "target", "points": [[1, 2], [6, 2]]}], 5, 8)
+    expected = np.zeros((5, 8), np.uint8)
+    expected[2, 1:7] = 1
+    np.testing.assert_array_equal(mask, expected)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     # Stored 40x30 with orientation 6 (rotate 90): LabelMe and cv2 see a 30x40 image.
     write_pair(tmp_path, "r", size=(40, 30), shapes=[("target", rect(1, 30, 5, 35))], exif_orientation=6)
@@ -102,7 +126,7 @@ def test_cp1252_annotation(tmp_path):
     path = tmp_path / "c.json"
     path.write_bytes(path.read_text().replace("the red cup", "caf\u00e9").replace('"cup"', '"x"').encode("cp1252"))
     anno = ReasonSegDataset(tmp_path)
-    assert anno[0].texts == ["What is caf\u00e9 in this image?"]
+    assert anno[0].texts == ["caf\u00e9"]
 
 
 @pytest.mark.parametrize(

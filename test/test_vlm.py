@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from llmseg_model.config import tiny_config
-from llmseg_model.modeling.vlm import SegVLM, clean_instruction
+from llmseg_model.modeling.prompting import clean_instruction
+from llmseg_model.modeling.vlm import SegVLM
 
 
 @pytest.fixture(scope="module")

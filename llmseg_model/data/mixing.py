@@ -1,7 +1,10 @@
 """Which data sets to read and in what proportions: data set specs and a seeded mixture.
 
-A `DatasetSpec` names one data set (ReasonSeg folder, LLM-Seg40K json + images, or a procedural
-split) so that training, the benchmark and the proposal precompute all build data the same way.
+A `DatasetSpec` names one data set (ReasonSeg folder, LLM-Seg40K json + images, a procedural
+split, or one of the published recipe's semantic- and referring-segmentation sources under a
+LISA-style data folder) so that training, the benchmark and the proposal precompute all build
+data the same way. The sem-seg and refer-seg readers are indexed by image: their items are target
+groups (llmseg_model.data.targets), and so are a mixture's when it is built `by_image`.
 `MixedDataset` draws an epoch from several data sets by ratio, exactly (largest-remainder
 counts, every data set walked through in a fresh permutation before any sample repeats), not by
 a coin per step, so small data sets are neither starved nor over-sampled by chance.
@@ -17,11 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from llmseg_model.data.referseg import REFER_KINDS, SPLIT_BYS
 from llmseg_model.data.sample import SegSample
+from llmseg_model.data.semseg import MAPILLARY_VERSIONS, SEMSEG_KINDS
+from llmseg_model.data.targets import target_groups
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("reasonseg", "llmseg40k", "procedural")
+KINDS = ("reasonseg", "llmseg40k", "procedural") + SEMSEG_KINDS + REFER_KINDS
+NEEDS_PATH = ("reasonseg", "llmseg40k") + SEMSEG_KINDS + REFER_KINDS
 
 
 @dataclass
@@ -29,21 +36,27 @@ class DatasetSpec:
     """One data set and its share of a mixture."""
 
     kind: str  # one of KINDS
-    path: str = ""  # ReasonSeg split folder, or LLM-Seg40K json
+    path: str = ""  # ReasonSeg split folder, LLM-Seg40K json, or the data folder of a sem-seg / refer kind
     image_root: str = ""  # LLM-Seg40K: folder of the images (or base of image_dirs)
     image_dirs: dict[str, str] = field(default_factory=dict)  # LLM-Seg40K: from_dataset -> folder
     query_type: str = "all"  # ReasonSeg: all | short | long
     split: str = "train"  # procedural split
     size: int = 0  # procedural: number of scenes
     procedural: dict[str, Any] = field(default_factory=dict)  # ProceduralConfig overrides
+    split_by: str = ""  # refer kinds: refs(<split_by>).p; empty: the published one (umd for refcocog, else unc)
+    version: str = ""  # mapillary: v2.0 (empty, as published) or v1.2
     ratio: float = 1.0  # share in a mixture
     limit: int = 0  # keep only the first `limit` samples (0 keeps all)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown data set kind {self.kind!r}; choose one of {KINDS}")
-        if self.kind in ("reasonseg", "llmseg40k") and not self.path:
+        if self.kind in NEEDS_PATH and not self.path:
             raise ValueError(f"{self.kind} data set needs a path")
+        if self.split_by and (self.kind not in REFER_KINDS or self.split_by not in SPLIT_BYS):
+            raise ValueError(f"split_by {self.split_by!r}: only for {REFER_KINDS}, one of {SPLIT_BYS}")
+        if self.version and (self.kind != "mapillary" or self.version not in MAPILLARY_VERSIONS):
+            raise ValueError(f"version {self.version!r}: only for mapillary, one of {MAPILLARY_VERSIONS}")
         if self.kind == "procedural" and self.size <= 0:
             raise ValueError(f"procedural data set needs size > 0 (scenes), got {self.size}")
         if not self.ratio >= 0:
@@ -68,6 +81,8 @@ class DatasetSpec:
         reasonseg:/data/ReasonSeg/val[,query_type=long]
         llmseg40k:/data/llmseg40k/val.json,image_root=/data/images[,image_dir.coco=coco/train2017]
         procedural:test,size=50[,height=128,width=128,seed=1]
+        ade20k:/data/lisa_dataset  (also cocostuff, pascal_part, paco_lvis, mapillary[,version=v1.2])
+        refcocog:/data/lisa_dataset[,split_by=google]  (also refclef, refcoco, refcoco+)
         Common keys: ratio, limit. Paths may not contain commas.
         """
         kind, sep, rest = text.partition(":")
@@ -91,7 +106,7 @@ class DatasetSpec:
                 values[key] = _int(value, key, text)
             elif key == "ratio":
                 values[key] = _float(value, key, text)
-            elif key in ("image_root", "query_type"):
+            elif key in ("image_root", "query_type", "split_by", "version"):
                 values[key] = value
             elif kind == "procedural":
                 procedural[key] = _number(value)
@@ -135,16 +150,16 @@ def _number(value: str) -> int | float | str:
 
 
 class Subset(Sequence):
-    """The first `limit` samples of a data set; keeps `group` when the data set has it."""
+    """The first `limit` items of a data set; keeps `group` and `image_of` when the data set has them."""
 
-    def __init__(self, dataset: Sequence[SegSample], limit: int) -> None:
+    def __init__(self, dataset: Sequence, limit: int) -> None:
         self.dataset = dataset
         self.limit = min(limit, len(dataset))
 
     def __len__(self) -> int:
         return self.limit
 
-    def __getitem__(self, index: int) -> SegSample:  # type: ignore[override]
+    def __getitem__(self, index: int):  # type: ignore[override]
         if not -self.limit <= index < self.limit:
             raise IndexError(f"index {index} out of range for {self.limit} samples")
         return self.dataset[index % self.limit]
@@ -153,31 +168,58 @@ class Subset(Sequence):
         group = getattr(self.dataset, "group", None)
         return group(index) if group else ""
 
+    def image_of(self, index: int):
+        """(source, image id, image loader) of item `index`, for the proposal precompute."""
+        image_of = getattr(self.dataset, "image_of", None)
+        if image_of is not None:
+            return image_of(index % self.limit)
+        sample = self[index]
+        return sample.source, sample.image_id, sample.load_image
 
-def build_dataset(spec: DatasetSpec) -> Sequence[SegSample]:
-    """Open the data set a spec names."""
+
+def open_dataset(spec: DatasetSpec) -> Sequence:
+    """Open the data set a spec names, without its `limit`. Sem-seg and refer kinds give an
+    ImageDataset (items: the target groups of one image); the others give SegSamples."""
     if spec.kind == "reasonseg":
         from llmseg_model.data.reasonseg import ReasonSegDataset
 
-        dataset: Sequence[SegSample] = ReasonSegDataset(spec.path, query_type=spec.query_type)
-    elif spec.kind == "llmseg40k":
+        return ReasonSegDataset(spec.path, query_type=spec.query_type)
+    if spec.kind == "llmseg40k":
         from llmseg_model.data.llmseg40k import LLMSeg40KDataset
 
-        dataset = LLMSeg40KDataset(spec.path, image_root=spec.image_root, image_dirs=spec.image_dirs)
-    else:
-        from llmseg_model.data.procedural import ProceduralConfig, ProceduralDataset
+        return LLMSeg40KDataset(spec.path, image_root=spec.image_root, image_dirs=spec.image_dirs)
+    if spec.kind in SEMSEG_KINDS:
+        from llmseg_model.data.semseg import open_semseg
 
-        overrides = dict(spec.procedural)
-        if "kind_weights" in overrides:
-            overrides["kind_weights"] = tuple(overrides["kind_weights"])
-        try:
-            config = ProceduralConfig(**overrides)
-        except TypeError as err:
-            raise ValueError(f"procedural data set: bad setting ({err})") from None
-        # Keep every scene (about 0.6 MB each, up to 2000): samples of one scene come in random
-        # order during training, and re-rendering a scene per sample costs more than holding it.
-        dataset = ProceduralDataset(spec.split, spec.size, config, cache_size=min(spec.size, 2000))
+        return open_semseg(spec.kind, spec.path, spec.version)
+    if spec.kind in REFER_KINDS:
+        from llmseg_model.data.referseg import ReferDataset
+
+        return ReferDataset(spec.path, spec.kind, spec.split_by)
+    from llmseg_model.data.procedural import ProceduralConfig, ProceduralDataset
+
+    overrides = dict(spec.procedural)
+    if "kind_weights" in overrides:
+        overrides["kind_weights"] = tuple(overrides["kind_weights"])
+    try:
+        config = ProceduralConfig(**overrides)
+    except TypeError as err:
+        raise ValueError(f"procedural data set: bad setting ({err})") from None
+    # Keep every scene (about 0.6 MB each, up to 2000): samples of one scene come in random
+    # order during training, and re-rendering a scene per sample costs more than holding it.
+    return ProceduralDataset(spec.split, spec.size, config, cache_size=min(spec.size, 2000))
+
+
+def build_dataset(spec: DatasetSpec) -> Sequence:
+    """Open the data set a spec names, cut to its `limit`."""
+    dataset = open_dataset(spec)
     return Subset(dataset, spec.limit) if spec.limit else dataset
+
+
+def build_groups(spec: DatasetSpec) -> Sequence[list[SegSample]]:
+    """The data set a spec names as target groups (one item per image), cut to its `limit`."""
+    groups = target_groups(open_dataset(spec))
+    return Subset(groups, spec.limit) if spec.limit else groups
 
 
 def allocate(total: int, ratios: Sequence[float]) -> list[int]:
@@ -267,9 +309,11 @@ class MixedDataset(Sequence):
         return self.datasets[k][i]
 
 
-def build_mixture(specs: Sequence[DatasetSpec], length: int | None = None, seed: int = 0) -> MixedDataset:
-    """Open every spec and mix them by their `ratio`."""
-    datasets = [build_dataset(spec) for spec in specs]
+def build_mixture(
+    specs: Sequence[DatasetSpec], length: int | None = None, seed: int = 0, by_image: bool = False
+) -> MixedDataset:
+    """Open every spec and mix them by their `ratio`; `by_image` mixes target groups (training)."""
+    datasets = [(build_groups if by_image else build_dataset)(spec) for spec in specs]
     for spec, dataset in zip(specs, datasets):
         logger.info("data set %s: %d samples, ratio %g", spec.name, len(dataset), spec.ratio)
     return MixedDataset(datasets, [spec.ratio for spec in specs], length=length, seed=seed)

@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--train-config",
-        help="training YAML: take the preset, model overrides, data sets and cache folder from it",
+        help="training YAML: take the preset, model overrides, data sets (training and validation) and "
+        "cache folder from it",
     )
     parser.add_argument("--cache-dir", help="cache folder (created if missing)")
     parser.add_argument(
@@ -353,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="data set, repeatable: reasonseg:DIR | llmseg40k:JSON,image_root=DIR[,image_dir.SRC=DIR] "
-        "| procedural:SPLIT,size=N (options: limit=N)",
+        "| procedural:SPLIT,size=N | ade20k|cocostuff|mapillary|pascal_part|paco_lvis:DATA_DIR "
+        "| refclef|refcoco|refcoco+|refcocog:DATA_DIR[,split_by=S] (options: limit=N)",
     )
     parser.add_argument("--preset", default="tiny", help="model preset whose SAM and proposal settings to use")
     parser.add_argument("--config", help="LLMSegConfig JSON file; replaces the preset")
@@ -385,7 +387,7 @@ def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
 
         train_config = TrainConfig.from_yaml(args.train_config)
         config = train_config.model_config()
-        specs = specs or list(train_config.datasets)
+        specs = specs or list(train_config.datasets) + list(train_config.val_datasets)
         cache_dir = cache_dir or train_config.cache_dir
     else:
         config = LLMSegConfig.load(args.config) if args.config else preset_config(args.preset)

@@ -2,9 +2,12 @@
 
 Each json holds `text` (one or more instructions about the same target), `is_sentence` (long
 query vs short phrase) and LabelMe `shapes`: polygons labelled "target", "ignore" or "flag".
-The mask is rasterised the way LISA's `get_mask_from_json` does it: "flag" shapes are skipped,
-the others are drawn largest first (so a smaller polygon inside a larger one wins), targets
-with 1, ignore with 255, at the image's native (EXIF-oriented) resolution.
+The mask is rasterised exactly as LISA's `get_mask_from_json` (utils/data_processing.py) does
+it: points truncated to int32, each shape drawn with cv2.polylines (thickness 1) then
+cv2.fillPoly, "flag" shapes skipped, the others drawn in `np.argsort(areas)[::-1]` order (largest
+first, so a smaller polygon inside a larger one wins; ties in that order too), targets with 1,
+ignore with 255, at the image's native (EXIF-oriented) resolution. Texts stay as written; short
+phrases are marked (`SegSample.phrase`) so the model asks about them with its phrase question.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+import cv2
+from PIL import Image, ImageOps
 
 from llmseg_model.data.sample import IGNORE_INDEX, SegSample
 
@@ -25,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 QUERY_TYPES = ("all", "short", "long")
-# LISA's prompt for a short phrase; long queries are used as written.
-SHORT_QUERY_TEMPLATE = "What is {text} in this image?"
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -84,33 +86,28 @@ def check_annotation(anno: Any, where: str) -> tuple[list[str], bool, list[dict[
     return [t.strip() for t in texts], anno["is_sentence"], shapes
 
 
-def _draw(mask: Image.Image, points: list, value: int) -> None:
-    # LISA casts points to int32 (truncation) and draws outline + fill with cv2; PIL's polygon
-    # with an outline covers the same pixels up to rasteriser differences on edges.
-    xy = [(int(np.int32(x)), int(np.int32(y))) for x, y in points]
-    draw = ImageDraw.Draw(mask)
-    if len(xy) == 1:
-        draw.point(xy, fill=value)
-    else:
-        draw.polygon(xy, fill=value, outline=value)
+def _draw(mask: np.ndarray, points: list, value: int) -> None:
+    """Outline then fill, as LISA draws a LabelMe shape (in place)."""
+    polygon = np.array([points], dtype=np.int32)
+    cv2.polylines(mask, polygon, True, value, 1)
+    cv2.fillPoly(mask, polygon, value)
 
 
 def rasterize_shapes(shapes: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
     """LabelMe shapes -> (H, W) uint8 mask: 1 target, 255 ignore, 0 background (LISA's rule)."""
-    drawn = []
+    areas, kept = [], []
     for shape in shapes:
-        label = shape["label"].lower()
-        if label == "flag":  # deprecated annotations, skipped by LISA
+        if shape["label"].lower() == "flag":  # deprecated annotations, skipped by LISA
             continue
-        area_mask = Image.new("L", (width, height), 0)
-        _draw(area_mask, shape["points"], 1)
-        drawn.append((int(np.asarray(area_mask).sum()), shape))
-    drawn.sort(key=lambda item: -item[0])  # largest first, stable for ties
-    mask = Image.new("L", (width, height), 0)
-    for _, shape in drawn:
-        value = IGNORE_INDEX if "ignore" in shape["label"].lower() else 1
-        _draw(mask, shape["points"], value)
-    return np.asarray(mask, dtype=np.uint8).copy()
+        alone = np.zeros((height, width), dtype=np.uint8)
+        _draw(alone, shape["points"], 1)
+        areas.append(int(alone.sum()))
+        kept.append(shape)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for index in np.argsort(areas)[::-1]:  # LISA's order, ties included
+        shape = kept[index]
+        _draw(mask, shape["points"], IGNORE_INDEX if "ignore" in shape["label"].lower() else 1)
+    return mask
 
 
 def oriented_size(image_path: str | Path) -> tuple[int, int]:
@@ -133,27 +130,19 @@ def load_rgb(image_path: str | Path) -> np.ndarray:
 class ReasonSegDataset(Sequence):
     """One SegSample per annotated image of a ReasonSeg split folder (e.g. ReasonSeg/val).
 
-    Texts are turned into instructions as LISA's evaluation does: long queries as written, short
-    phrases through `short_template`. `query_type` keeps all images, or only the short-phrase or
-    the long-sentence ones (ReasonSeg reports both).
+    Texts are kept as written; a short-phrase image gives a sample with `phrase=True`, which the
+    model wraps in its phrase question ("What is {text} in this image? ..."), as LISA's evaluation
+    does. `query_type` keeps all images, or only the short-phrase or the long-sentence ones
+    (ReasonSeg reports both).
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        query_type: str = "all",
-        short_template: str = SHORT_QUERY_TEMPLATE,
-        source: str = "reasonseg",
-    ) -> None:
+    def __init__(self, root: str | Path, query_type: str = "all", source: str = "reasonseg") -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"ReasonSeg folder not found: {self.root}")
         if query_type not in QUERY_TYPES:
             raise ValueError(f"unknown query_type {query_type!r}; choose one of {QUERY_TYPES}")
-        if "{text}" not in short_template:
-            raise ValueError(f"short_template must contain '{{text}}', got {short_template!r}")
         self.query_type = query_type
-        self.short_template = short_template
         self.source = source
         self.records = [r for r in self._scan() if self._keep(r)]
         logger.info("ReasonSeg %s: %d images (%s queries)", self.root, len(self.records), query_type)
@@ -181,11 +170,6 @@ class ReasonSegDataset(Sequence):
             return record.is_sentence
         return True
 
-    def instructions(self, record: ReasonSegRecord) -> list[str]:
-        if record.is_sentence:
-            return list(record.raw_texts)
-        return [self.short_template.format(text=t) for t in record.raw_texts]
-
     def group(self, index: int) -> str:
         """Query length of a sample ("short" / "long"), for ReasonSeg's split of the results."""
         return "long" if self.records[index].is_sentence else "short"
@@ -199,8 +183,9 @@ class ReasonSegDataset(Sequence):
         record = self.records[index]
         return SegSample(
             image_id=record.name,
-            texts=self.instructions(record),
+            texts=list(record.raw_texts),
             load_image=lambda path=record.image_path: load_rgb(path),
             load_mask=lambda r=record: rasterize_shapes(r.shapes, *oriented_size(r.image_path)),
             source=self.source,
+            phrase=not record.is_sentence,
         )

@@ -29,3 +29,6 @@ class SegSample:
     # sentences: the published model wraps the two in different question templates
     # (VlmConfig.phrase_* vs sentence templates), so readers say which they have.
     phrase: bool = False
+    # Names this target among the samples of its image when `texts` alone do not (two instances of
+    # one part class read alike): training memoises per-proposal targets under (image, target).
+    target: str = ""

@@ -1,21 +1,32 @@
 """The fusion transformer: proposal tokens and the <SEG> token exchange information, then two
 heads score every proposal.
 
-- IoU head: an embedding per proposal whose cosine with the <SEG> embedding ranks proposals by how
-  well they match the target (trained against softmax(gt IoU / T)).
+- Similarity (the "IoU" score): an embedding per proposal whose cosine with the <SEG> embedding
+  ranks proposals by how well they match the target (trained against softmax(gt IoU / T)).
 - IoP head: sigmoid probability that a proposal lies inside the target (intersection over
   proposal), which is what the selection rule thresholds, so multi-instance targets work.
+
+Two variants (`FusionConfig.variant`): `PublishedFusion` is LLM-Seg's (model/LISA.py and
+LISA_TwoWayAttentionBlock in model/transformer.py of wangjunchi/LLMSeg), with SAM's attention
+layers; `JointFusion` is the tiny preset's trained variant. Both take padded batches: padding
+proposals are masked out of every attention, so a padded row computes what it would alone.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segment_anything.modeling.common import MLPBlock
+from segment_anything.modeling.transformer import Attention
+
 from llmseg_model.config import FusionConfig
+
+FUSION_VARIANTS = ("published", "joint")
 
 
 class MLP(nn.Module):
@@ -35,7 +46,7 @@ class MLP(nn.Module):
 
 
 class TwoWayBlock(nn.Module):
-    """One two-way block in the style of SAM's decoder, with padding masks.
+    """The joint variant's block, in the style of SAM's decoder, with padding masks.
 
     1. self-attention over [SEG; proposals] so proposals can compare with one another
        (largest, left of, ...);
@@ -77,8 +88,18 @@ class FusionOutput:
     iop: torch.Tensor  # (B, K) in [0, 1]; padding = 0
 
 
-class FusionTransformer(nn.Module):
-    """Mixes K mask embeddings with the <SEG> embedding and scores each proposal."""
+def unmask_empty_rows(pad: torch.Tensor) -> torch.Tensor:
+    """A row with no proposal at all must not make attention all-masked (NaN): unmask one pad."""
+    all_pad = pad.all(dim=1)
+    if all_pad.any():
+        pad = pad.clone()
+        pad[all_pad, 0] = False
+    return pad
+
+
+class JointFusion(nn.Module):
+    """The tiny preset's fusion: input projections, SEG inside the self-attention, 3-layer heads,
+    cosine against a projection of the fused SEG."""
 
     def __init__(self, config: FusionConfig, mask_dim: int, seg_dim: int) -> None:
         super().__init__()
@@ -96,12 +117,7 @@ class FusionTransformer(nn.Module):
 
     def forward(self, mask_embeddings: torch.Tensor, seg_embedding: torch.Tensor, valid: torch.Tensor) -> FusionOutput:
         """mask_embeddings (B, K, Dm), seg_embedding (B, Ds), valid (B, K) bool."""
-        pad = ~valid
-        # A frame with no proposal at all must not make attention all-masked (NaN): unmask one pad.
-        all_pad = pad.all(dim=1)
-        if all_pad.any():
-            pad = pad.clone()
-            pad[all_pad, 0] = False
+        pad = unmask_empty_rows(~valid)
         props = self.mask_in(mask_embeddings)
         seg = self.seg_in(seg_embedding).unsqueeze(1)
         for block in self.blocks:
@@ -115,3 +131,92 @@ class FusionTransformer(nn.Module):
             iou_logits=cosine.masked_fill(~valid, float("-inf")),
             iop=iop.masked_fill(~valid, 0.0),
         )
+
+
+class MaskedAttention(Attention):
+    """SAM's attention layer (separate q/k/v/out projections, as the published model uses) with an
+    optional key padding mask."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad: torch.Tensor | None = None) -> torch.Tensor:
+        if key_pad is None:
+            return super().forward(q, k, v)
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        attn = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        attn = attn.masked_fill(key_pad[:, None, None, :], float("-inf")).softmax(dim=-1)
+        return self.out_proj(self._recombine_heads(attn @ v))
+
+
+class PublishedBlock(nn.Module):
+    """LLM-Seg's fusion block: (1) self-attention over the proposals, (2) proposals attend to the
+    <SEG> token, (3) an MLP on the proposals, (4) <SEG> attends to the proposals; a residual and a
+    LayerNorm after each step."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.self_attn = MaskedAttention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.props_to_seg = MaskedAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.seg_to_props = MaskedAttention(dim, num_heads)
+        self.norm4 = nn.LayerNorm(dim)
+
+    def forward(self, props: torch.Tensor, seg: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """props (B, K, D), seg (B, 1, D), pad (B, K) True where a proposal is padding."""
+        props = self.norm1(props + self.self_attn(props, props, props, key_pad=pad))
+        props = self.norm2(props + self.props_to_seg(props, seg, seg))
+        props = self.norm3(props + self.mlp(props))
+        seg = self.norm4(seg + self.seg_to_props(seg, props, props, key_pad=pad))
+        return props, seg
+
+
+class PublishedFusion(nn.Module):
+    """LLM-Seg's fusion and heads. The cosine is taken against the un-fused <SEG> embedding; the
+    IoP head (named `lisa_iou_head` in the published code) ends in a sigmoid."""
+
+    def __init__(self, config: FusionConfig, mask_dim: int, seg_dim: int) -> None:
+        super().__init__()
+        if not mask_dim == seg_dim == config.dim:
+            raise ValueError(
+                f"the published fusion has no input projections: features.embed_dim ({mask_dim}), "
+                f"vlm.seg_embed_dim ({seg_dim}) and fusion.dim ({config.dim}) must be equal"
+            )
+        self.config = config
+        self.layers = nn.ModuleList(
+            PublishedBlock(config.dim, config.num_heads, config.mlp_dim) for _ in range(config.depth)
+        )
+        self.final_attn = MaskedAttention(config.dim, config.num_heads)
+        self.final_norm = nn.LayerNorm(config.dim)
+        self.iop_head = nn.Sequential(
+            nn.Linear(config.dim, config.iop_hidden), nn.ReLU(inplace=True), nn.Linear(config.iop_hidden, 1), nn.Sigmoid()
+        )
+        self.embedding_head = nn.Sequential(
+            nn.Linear(config.dim, config.embedding_hidden), nn.ReLU(inplace=True), nn.Linear(config.embedding_hidden, config.dim)
+        )
+
+    def forward(self, mask_embeddings: torch.Tensor, seg_embedding: torch.Tensor, valid: torch.Tensor) -> FusionOutput:
+        """mask_embeddings (B, K, D), seg_embedding (B, D), valid (B, K) bool."""
+        pad = unmask_empty_rows(~valid)
+        props, seg = mask_embeddings, seg_embedding.unsqueeze(1)
+        for layer in self.layers:
+            props, seg = layer(props, seg, pad)
+        props = self.final_norm(props + self.final_attn(props, seg, seg))
+        iop = self.iop_head(props).squeeze(-1)
+        embedding = F.normalize(self.embedding_head(props), dim=-1)
+        cosine = (embedding * F.normalize(seg_embedding, dim=-1).unsqueeze(1)).sum(-1)
+        return FusionOutput(
+            iou_logits=cosine.masked_fill(~valid, float("-inf")),
+            iop=iop.masked_fill(~valid, 0.0),
+        )
+
+
+def build_fusion(config: FusionConfig, mask_dim: int, seg_dim: int) -> nn.Module:
+    """The fusion module `config.variant` names."""
+    if config.variant == "published":
+        return PublishedFusion(config, mask_dim, seg_dim)
+    if config.variant == "joint":
+        return JointFusion(config, mask_dim, seg_dim)
+    raise ValueError(f"fusion.variant must be one of {FUSION_VARIANTS}, got {config.variant!r}")

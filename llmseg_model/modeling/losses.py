@@ -31,10 +31,25 @@ def alignment_loss(cosine: torch.Tensor, gt_iou: torch.Tensor, valid: torch.Tens
     return terms.sum(-1)[has_any].mean() if has_any.any() else cosine.sum() * 0.0
 
 
-def iop_loss(pred: torch.Tensor, gt_iop: torch.Tensor, valid: torch.Tensor, weight: float) -> torch.Tensor:
-    """exp(gt - 1)-weighted MSE, times `weight`: errors on proposals inside the target cost most."""
-    w = torch.exp(gt_iop - 1.0) * valid.float()
-    return weight * (w * (pred - gt_iop) ** 2).sum() / valid.float().sum().clamp_min(1.0)
+IOP_REDUCTIONS = ("row", "pooled")
+
+
+def iop_loss(pred: torch.Tensor, gt_iop: torch.Tensor, valid: torch.Tensor, weight: float, reduction: str = "row") -> torch.Tensor:
+    """exp(gt - 1)-weighted MSE, times `weight`: errors on proposals inside the target cost most.
+
+    "row": mean over each row's valid proposals, then over rows with any; "pooled": mean over
+    every valid proposal of the batch."""
+    valid_f = valid.float()
+    terms = torch.exp(gt_iop - 1.0) * valid_f * (pred - gt_iop) ** 2
+    if reduction == "pooled":
+        return weight * terms.sum() / valid_f.sum().clamp_min(1.0)
+    if reduction != "row":
+        raise ValueError(f"loss.iop_reduction must be one of {IOP_REDUCTIONS}, got {reduction!r}")
+    counts = valid_f.sum(-1)
+    has_any = counts > 0
+    if not has_any.any():
+        return pred.sum() * 0.0
+    return weight * (terms.sum(-1)[has_any] / counts[has_any]).mean()
 
 
 def llmseg_loss(
@@ -49,7 +64,7 @@ def llmseg_loss(
     """Total = CE + align + regression, each with its configured weight."""
     cosine = cosine.masked_fill(~valid, 0.0)  # the model marks padding -inf; keep the math finite
     align = alignment_loss(cosine, gt_iou, valid, config.temperature)
-    regression = iop_loss(pred_iop, gt_iop, valid, config.iop_weight)
+    regression = iop_loss(pred_iop, gt_iop, valid, config.iop_weight, config.iop_reduction)
     total = config.ce_weight * ce + config.align_weight * align + regression
     return LossOutput(total=total, ce=ce, align=align, iop=regression)
 

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Dinov2Model
 
 from llmseg_model.config import LLMSegConfig, preset_config
-from llmseg_model.modeling.features import MaskFeatureExtractor
-from llmseg_model.modeling.fusion import FusionTransformer
+from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
+from llmseg_model.modeling.fusion import build_fusion
+from llmseg_model.modeling.instances import instance_masks, merge_instances
 from llmseg_model.modeling.losses import LossOutput, llmseg_loss
 from llmseg_model.modeling.outputs import FrameFeatures, Result
-from llmseg_model.modeling.proposals import ProposalGenerator, build_sam, check_image
+from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image
 from llmseg_model.modeling.selection import select_proposals
-from llmseg_model.modeling.vlm import SegVLM, clean_instruction
+from llmseg_model.modeling.vlm import SegVLM
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +61,17 @@ def require_path(value: str, setting: str, kind: str) -> Path:
     return path
 
 
-def vlm_dtype(name: str, use_cuda: bool) -> torch.dtype:
-    """The LLaVA weight dtype a `VlmConfig.dtype` setting names ("auto": bfloat16 on CUDA only)."""
+def vlm_dtype(name: str, use_cuda: bool, setting: str = "vlm.dtype") -> torch.dtype:
+    """The weight dtype a dtype setting names ("auto": bfloat16 on CUDA only)."""
     if name == "auto":
         return torch.bfloat16 if use_cuda else torch.float32
     if name not in VLM_DTYPES:
-        raise ValueError(f"vlm.dtype must be 'auto' or one of {sorted(VLM_DTYPES)}, got {name!r}")
+        raise ValueError(f"{setting} must be 'auto' or one of {sorted(VLM_DTYPES)}, got {name!r}")
     return VLM_DTYPES[name]
+
+
+# The DINOv2 input layout and the proposals' low-res copies must describe the same geometry.
+MATCHING_LAYOUTS = {"letterbox": "pad", "stretch": "stretch"}
 
 
 class LLMSeg(nn.Module):
@@ -81,13 +85,18 @@ class LLMSeg(nn.Module):
         vlm: SegVLM,
     ) -> None:
         super().__init__()
+        if MATCHING_LAYOUTS.get(config.features.layout) != config.proposals.lowres_layout:
+            raise ValueError(
+                f"features.layout {config.features.layout!r} needs proposals.lowres_layout "
+                f"{MATCHING_LAYOUTS.get(config.features.layout)!r}, got {config.proposals.lowres_layout!r}"
+            )
         self.config = config
         self.proposal_generator = proposal_generator
         self.sam = proposal_generator.sam  # registered so .to(device) moves it
         self.sam.requires_grad_(False)
         self.features = features
         self.vlm = vlm
-        self.fusion = FusionTransformer(config.fusion, config.features.embed_dim, config.vlm.seg_embed_dim)
+        self.fusion = build_fusion(config.fusion, config.features.embed_dim, config.vlm.seg_embed_dim)
 
     # ---------------------------------------------------------------- building and weights
     @classmethod
@@ -105,7 +114,7 @@ class LLMSeg(nn.Module):
             trained_path = require_path(weights.llmseg_weights, "llmseg_weights", "LLM-Seg trained weights folder")
         use_cuda = device.startswith("cuda")
         sam = build_sam(config.sam, sam_path)
-        dinov2 = Dinov2Model.from_pretrained(str(dinov2_path), local_files_only=True)
+        dinov2 = load_dinov2(str(dinov2_path), config.features, vlm_dtype(config.features.dtype, use_cuda, "features.dtype"))
         vlm = SegVLM.from_pretrained(llava_path, config.vlm, dtype=vlm_dtype(config.vlm.dtype, use_cuda))
         model = cls(config, ProposalGenerator(sam, config.proposals), MaskFeatureExtractor(dinov2, config.features), vlm)
         if trained_path is not None:
@@ -191,64 +200,103 @@ class LLMSeg(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.fusion.mask_in.weight.device
+        return next(self.fusion.parameters()).device
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
-    def prepare(self, image: np.ndarray) -> FrameFeatures:
-        """Everything that depends on the image only: proposals, mask embeddings, image tokens."""
+    def prepare(self, image: np.ndarray, cache_prompt: bool = True, proposals: Proposals | None = None) -> FrameFeatures:
+        """Everything that depends on the image only: proposals, mask embeddings, image tokens,
+        and (with `cache_prompt`) the KV cache of the prompt up to the question. `proposals`
+        (e.g. from the proposal cache) stand in for running SAM."""
         check_image(image)
         timings: dict[str, float] = {}
-        with timed(timings, "proposals"):
-            proposals = self.proposal_generator(image)
+        if proposals is not None:
+            if proposals.image_size != image.shape[:2]:
+                raise ValueError(f"proposals are for a {proposals.image_size} image, this one is {image.shape[:2]}")
+        else:
+            with timed(timings, "proposals"):
+                proposals = self.proposal_generator(image)
         with timed(timings, "features"):
             lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
             patches = self.features.patch_features(self.features.preprocess(image))
             embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0]
         with timed(timings, "vision"):
             image_features = self.vlm.image_features(self.vlm.pixel_values(image).to(self.device))
+        prefix = None
+        if cache_prompt:
+            with timed(timings, "prompt_prefix"):
+                prefix = self.vlm.encode_prefix(image_features)
         return FrameFeatures(
             image_size=image.shape[:2],
             proposals=proposals,
             mask_embeddings=embeddings[: proposals.count],
             image_features=image_features,
             timings=timings,
+            prefix=prefix,
         )
 
     @torch.inference_mode()
-    def query(self, frame: FrameFeatures, instruction: str) -> Result:
-        """Answer one instruction on a prepared frame."""
-        clean_instruction(instruction, self.config.vlm)
-        timings = dict(frame.timings)
-        with timed(timings, "llm"):
-            answer, seg = self.vlm.answer(frame.image_features, instruction)
-        count = frame.proposals.count
-        with timed(timings, "fusion"):
-            if count:
-                valid = torch.ones((1, count), dtype=torch.bool, device=self.device)
-                out = self.fusion(frame.mask_embeddings.unsqueeze(0), seg, valid)
-                iou = out.iou_logits[0].float().cpu().numpy()
-                iop = out.iop[0].float().cpu().numpy()
-            else:
-                iou = iop = np.zeros(0, np.float32)
-        with timed(timings, "selection"):
-            chosen = select_proposals(iou, iop, self.config.selection)
-            instances = frame.proposals.masks(chosen.indices)
-            mask = instances.any(axis=0) if len(instances) else np.zeros(frame.image_size, dtype=bool)
-        return Result(
-            mask=mask,
-            instance_masks=instances,
-            instance_scores=chosen.scores,
-            proposal_indices=chosen.indices,
-            iou_scores=iou,
-            iop_scores=iop,
-            answer=answer,
-            timings=timings,
-        )
+    def query(self, frame: FrameFeatures, instruction: str, phrase: bool = False) -> Result:
+        """Answer one instruction on a prepared frame; `phrase` marks a short phrase ("the red
+        cup") rather than a sentence, which the published model asks about differently."""
+        return self.query_batch(frame, [instruction], [phrase])[0]
 
-    def segment(self, image: np.ndarray, instruction: str) -> Result:
+    @torch.inference_mode()
+    def query_batch(self, frame: FrameFeatures, instructions: list[str], phrases: list[bool] | None = None) -> list[Result]:
+        """Answer several instructions on one prepared frame: one padded LLM forward on the
+        frame's cached prompt, one fusion call. Each result's timings hold the frame's stages and
+        its share (1/N) of the batch's llm and fusion time."""
+        if not instructions:
+            return []
+        for k, text in enumerate(instructions):
+            try:
+                self.vlm.prompts.clean(text)
+            except ValueError as error:
+                raise ValueError(f"instruction {k}: {error}") from None
+        phrases = phrases if phrases is not None else [False] * len(instructions)
+        if len(phrases) != len(instructions):
+            raise ValueError(f"{len(phrases)} phrase flags for {len(instructions)} instructions")
+        shared: dict[str, float] = {}
+        with timed(shared, "llm"):
+            answers = self.vlm.answer_batch(frame.image_features, instructions, phrases, frame.prefix)
+        count, batch = frame.proposals.count, len(instructions)
+        with timed(shared, "fusion"):
+            if count:
+                seg = torch.cat([embedding for _, embedding in answers])
+                valid = torch.ones((batch, count), dtype=torch.bool, device=self.device)
+                out = self.fusion(frame.mask_embeddings.unsqueeze(0).expand(batch, -1, -1), seg, valid)
+                iou_rows = out.iou_logits.float().cpu().numpy()
+                iop_rows = out.iop.float().cpu().numpy()
+            else:
+                iou_rows = iop_rows = np.zeros((batch, 0), np.float32)
+        results = []
+        for (answer, _), iou, iop in zip(answers, iou_rows, iop_rows):
+            timings = dict(frame.timings)
+            timings.update({stage: seconds / batch for stage, seconds in shared.items()})
+            with timed(timings, "selection"):
+                chosen = select_proposals(iou, iop, self.config.selection)
+                instances = merge_instances(frame.proposals, chosen.indices, chosen.scores, self.config.instances)
+                masks = instance_masks(instances, frame.image_size)
+                mask = masks.any(axis=0) if len(masks) else np.zeros(frame.image_size, dtype=bool)
+            results.append(
+                Result(
+                    mask=mask,
+                    instance_masks=masks,
+                    instance_scores=np.array([instance.score for instance in instances], np.float32),
+                    instances=instances,
+                    proposal_indices=chosen.indices,
+                    proposal_scores=chosen.scores,
+                    iou_scores=iou,
+                    iop_scores=iop,
+                    answer=answer,
+                    timings=timings,
+                )
+            )
+        return results
+
+    def segment(self, image: np.ndarray, instruction: str, phrase: bool = False) -> Result:
         """prepare + query for a single question."""
-        return self.query(self.prepare(image), instruction)
+        return self.query(self.prepare(image), instruction, phrase)
 
     # ---------------------------------------------------------------- training
     @torch.no_grad()
@@ -261,20 +309,35 @@ class LLMSeg(nn.Module):
     def forward(self, batch: dict) -> LossOutput:
         """Training step on a batch from `llmseg_model.data.training.TrainingSet` (cached proposals).
 
-        batch: lowres (B,K,R,R), valid (B,K), gt_iou (B,K), gt_iop (B,K), instructions list[str], and
+        batch: lowres (B,K,R,R), valid (B,K), gt_iou (B,K), gt_iop (B,K), instructions list[str],
+        optionally phrases list[bool] (which instructions are phrases), seeds list[int] (each row's
+        template draw), image_index (B,) (rows sharing an image), and
         either dino_pixels (B,3,S,S) + llava_pixels (B,3,s,s) or their cached frozen features
         dino_features (B,C,G,G) + vision_states (B,N,C).
         """
         device = self.device
         if "dino_features" in batch:
             patches, states = batch["dino_features"].to(device), batch["vision_states"].to(device)
-        else:
-            patches, states = self.frozen_features(batch["dino_pixels"], batch["llava_pixels"])
+        else:  # the frozen backbones run once per image, however many questions it has
+            first, rows = one_row_per_image(batch.get("image_index"), len(batch["instructions"]))
+            patches, states = self.frozen_features(batch["dino_pixels"][first], batch["llava_pixels"][first])
+            patches, states = patches[rows.to(device)], states[rows.to(device)]
         embeddings = self.features.pool(patches, batch["lowres"].to(device))
         image_features = self.vlm.image_features(vision_states=states)
-        ce, seg = self.vlm(image_features, batch["instructions"])
+        ce, seg = self.vlm(image_features, batch["instructions"], batch.get("phrases"), batch.get("seeds"))
         valid = batch["valid"].to(device)
         out = self.fusion(embeddings, seg, valid)
         return llmseg_loss(
             ce, out.iou_logits, out.iop, batch["gt_iou"].to(device), batch["gt_iop"].to(device), valid, self.config.loss
         )
+
+
+def one_row_per_image(image_index: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each image, each row's image among those): rows of one image repeat its
+    tensors, so per-image work runs on `first` and is spread back with `rows`."""
+    if image_index is None:
+        every = torch.arange(rows)
+        return every, every
+    images, inverse = torch.unique(image_index.cpu(), return_inverse=True)
+    first = torch.full((len(images),), rows, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(rows), reduce="amin")
+    return first, inverse

@@ -1,7 +1,8 @@
 """What `LLMSeg.prepare` and `LLMSeg.query` return.
 
 `FrameFeatures` holds everything computed once per image (proposals, mask embeddings, the LLaVA
-image tokens) so that several instructions on one frame cost one proposal pass.
+image tokens and the KV cache of the prompt up to the question) so that several instructions on
+one frame cost one proposal pass and one short forward each.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from llmseg_model.modeling.instances import Instance
 from llmseg_model.modeling.proposals import Proposals
+from llmseg_model.modeling.vlm import PromptPrefix
 
 
 @dataclass
@@ -23,6 +26,7 @@ class FrameFeatures:
     mask_embeddings: torch.Tensor  # (K, D), rows past proposals.count are padding
     image_features: torch.Tensor  # LLaVA vision tower + projector output, (1, N, hidden)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
+    prefix: PromptPrefix | None = None  # the prompt before the question, run once (None: not cached)
 
 
 @dataclass
@@ -30,13 +34,15 @@ class Result:
     """The answer to one instruction on one frame."""
 
     mask: np.ndarray  # (H, W) bool, union of the selected proposals
-    instance_masks: np.ndarray  # (N, H, W) bool, one per selected proposal
-    instance_scores: np.ndarray  # (N,) float, IoP score of each selected proposal
-    proposal_indices: np.ndarray  # (N,) int, indices into the frame's proposals
+    instance_masks: np.ndarray  # (M, H, W) bool, one per object (overlapping proposals merged)
+    instance_scores: np.ndarray  # (M,) float, best IoP score of each object's proposals
+    proposal_indices: np.ndarray  # (N,) int, the selected proposals (indices into the frame's), best IoP first
+    proposal_scores: np.ndarray  # (N,) float, their IoP scores
     iou_scores: np.ndarray  # (K_valid,) float, IoU-head score of every proposal
     iop_scores: np.ndarray  # (K_valid,) float, IoP-head score of every proposal
     answer: str  # the LLM's answer text
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, prepare included
+    instances: list[Instance] = field(default_factory=list)  # the objects: RLE, box, score, their proposals
 
     @property
     def empty(self) -> bool:

@@ -150,7 +150,7 @@ class Proposals:
 
     @classmethod
     def from_masks(
-        cls, masks: np.ndarray, lowres_size: int, sam_scores: np.ndarray | None = None
+        cls, masks: np.ndarray, lowres_size: int, sam_scores: np.ndarray | None = None, lowres_layout: str = "pad"
     ) -> "Proposals":
         """Build from (N, H, W) bool masks, sorted by area (largest first)."""
         masks = np.asarray(masks, dtype=bool)
@@ -163,7 +163,7 @@ class Proposals:
         boxes = mask_utils.toBbox(rles).astype(np.float32).reshape(-1, 4) if n else np.zeros((0, 4), np.float32)
         return cls(
             rles=rles,
-            lowres=lowres_masks(masks, lowres_size),
+            lowres=lowres_masks(masks, lowres_size, lowres_layout),
             areas=areas,
             boxes=boxes,
             sam_scores=scores,
@@ -181,12 +181,27 @@ def encode_rles(masks: np.ndarray) -> list[dict]:
     return rles
 
 
-def lowres_masks(masks: np.ndarray, size: int) -> torch.Tensor:
-    """(N, H, W) bool -> (N, size, size) float16 area-averaged soft masks."""
+LOWRES_LAYOUTS = ("pad", "stretch")
+
+
+def lowres_masks(masks: np.ndarray, size: int, layout: str = "pad") -> torch.Tensor:
+    """(N, H, W) bool -> (N, size, size) float16 soft masks for pooling.
+
+    "pad": zero-padded bottom/right to a square, then bilinear with antialias (the published
+    pooling maps, which line up with a letterboxed DINOv2 input). "stretch": area-averaged over the
+    unpadded mask (lines up with a squashed input)."""
+    if layout not in LOWRES_LAYOUTS:
+        raise ValueError(f"proposals.lowres_layout must be one of {LOWRES_LAYOUTS}, got {layout!r}")
     if len(masks) == 0:
         return torch.zeros((0, size, size), dtype=torch.float16)
     tensor = torch.from_numpy(np.asarray(masks, dtype=np.uint8)).float().unsqueeze(1)
-    return F.interpolate(tensor, size=(size, size), mode="area").squeeze(1).to(torch.float16)
+    if layout == "stretch":
+        return F.interpolate(tensor, size=(size, size), mode="area").squeeze(1).to(torch.float16)
+    height, width = tensor.shape[-2:]
+    side = max(height, width)
+    tensor = F.pad(tensor, (0, side - width, 0, side - height))
+    out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.squeeze(1).to(torch.float16)
 
 
 def resize_long_side(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -278,7 +293,7 @@ class ProposalGenerator:
             scores = np.zeros(0, np.float32)
         if masks.shape[1:] != (height, width):
             masks = upscale_masks(masks, (height, width))
-        return Proposals.from_masks(masks, self.config.lowres_size, scores)
+        return Proposals.from_masks(masks, self.config.lowres_size, scores, self.config.lowres_layout)
 
 
 def upscale_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:

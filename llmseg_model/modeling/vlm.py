@@ -1,23 +1,28 @@
 """LLaVA with a `<SEG>` token and LoRA: reads the image and the instruction, answers with text that
-contains `<SEG>`, and turns the hidden state at `<SEG>` into the fusion space.
+contains `<SEG>`, and turns one last-layer hidden state into the fusion space.
 
 The vision tower runs once per frame (`image_features`); every query reuses its output, which is
-what lets a robot ask several questions about one frame cheaply.
+what lets a robot ask several questions about one frame cheaply. Which hidden state becomes the
+`<SEG>` embedding (`VlmConfig.seg_state`) and whether the answer is generated or given
+(`VlmConfig.answer_mode`) are settings: the published model reads the state that predicts
+`[SEG]` and gives the answer "[SEG]." at evaluation, so an instruction costs one forward pass.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache, LlavaForConditionalGeneration
 
-from llmseg_model.config import VlmConfig
+from llmseg_model.config import ANSWER_MODES, SEG_STATES, VlmConfig
+from llmseg_model.modeling.prompting import PromptBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +30,14 @@ IGNORE_LABEL = -100
 
 
 class SegVLM(nn.Module):
-    """LLaVA + `<SEG>` + LoRA (peft) + a Linear-ReLU-Linear projection of the `<SEG>` hidden state."""
+    """LLaVA + `<SEG>` + LoRA (peft) + a Linear-ReLU-Linear projection of the `<SEG>` state."""
 
     def __init__(self, llava: LlavaForConditionalGeneration, tokenizer, image_processor, config: VlmConfig) -> None:
         super().__init__()
+        if config.seg_state not in SEG_STATES:
+            raise ValueError(f"vlm.seg_state must be one of {SEG_STATES}, got {config.seg_state!r}")
+        if config.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"vlm.answer_mode must be one of {ANSWER_MODES}, got {config.answer_mode!r}")
         self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -40,6 +49,9 @@ class SegVLM(nn.Module):
         self.image_token_id = llava.config.image_token_id
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        self.prompts = PromptBuilder(tokenizer, config, self.image_token_id)
+        # Draws the training question and answer templates when a batch brings no seeds.
+        self.rng = random.Random(0)
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -75,6 +87,7 @@ class SegVLM(nn.Module):
         """The LLaVA model inside the peft wrapper."""
         return self.llava.get_base_model()
 
+    # ------------------------------------------------------------------ image side
     def pixel_values(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> LLaVA pixel values (1, 3, S, S)."""
         return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
@@ -90,24 +103,11 @@ class SegVLM(nn.Module):
         return states
 
     def image_features(self, pixel_values: torch.Tensor | None = None, vision_states: torch.Tensor | None = None) -> torch.Tensor:
-        """Vision tower + trainable projector -> (B, N, hidden). Frozen states may be passed in
-        directly (training caches them per image)."""
+        """Vision tower + projector -> (B, N, hidden). Frozen states may be passed in directly
+        (training caches them per image)."""
         if vision_states is None:
             vision_states = self.vision_states(pixel_values)
         return self.base.model.multi_modal_projector(vision_states)
-
-    def prompt_ids(self, instruction: str, num_image_tokens: int) -> list[int]:
-        """Token ids of the chat prompt with the single <image> placeholder expanded to N tokens."""
-        prompt = self.config.prompt_template.format(instruction=clean_instruction(instruction, self.config))
-        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        at = ids.index(self.image_token_id)
-        return ids[:at] + [self.image_token_id] * num_image_tokens + ids[at + 1 :]
-
-    def answer_ids(self, instruction: str) -> list[int]:
-        """Token ids of the training answer; `{instruction}` in answer_text restates the request."""
-        text = self.config.answer_text.format(instruction=clean_instruction(instruction, self.config))
-        ids = self.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-        return ids + [self.tokenizer.eos_token_id]
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the image placeholders replaced by the frame's image features."""
@@ -115,83 +115,217 @@ class SegVLM(nn.Module):
         mask = (input_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(mask, image_features.to(embeds.dtype))
 
-    def forward(self, image_features: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced training pass: returns (answer CE loss, projected <SEG> embeddings (B, D))."""
+    # ------------------------------------------------------------------ the <SEG> state
+    def seg_offset(self) -> int:
+        """Position of the <SEG> state relative to the <SEG> token (-1: the state predicting it)."""
+        return -1 if self.config.seg_state == "before_seg" else 0
+
+    def project(self, seg_hidden: torch.Tensor, inference: bool = True) -> torch.Tensor:
+        """The projection of <SEG> states (B, hidden) into the fusion space (B, D), in float32.
+
+        At inference batch norm uses its running statistics, even for one query."""
+        if not inference:
+            return self.seg_proj(seg_hidden.float())
+        was_training = self.seg_proj.training
+        self.seg_proj.eval()
+        try:
+            return self.seg_proj(seg_hidden.float())
+        finally:
+            self.seg_proj.train(was_training)
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        instructions: list[str],
+        phrases: list[bool] | None = None,
+        seeds: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced training pass with the training question / answer templates, drawn per
+        row from `seeds` (so processes and resumed runs draw alike), else from `self.rng`.
+
+        Returns (answer CE loss, projected <SEG> embeddings (B, D))."""
+        phrases = phrases if phrases is not None else [False] * len(instructions)
         num_image_tokens = image_features.shape[1]
-        rows, labels = [], []
-        for text in instructions:
-            prompt = self.prompt_ids(text, num_image_tokens)
-            answer = self.answer_ids(text)
+        rows, labels, seg_at = [], [], []
+        for k, (text, phrase) in enumerate(zip(instructions, phrases)):
+            rng = random.Random(seeds[k]) if seeds is not None else self.rng
+            prompt = self.prompts.prompt_ids(self.prompts.question(text, phrase, rng), num_image_tokens)
+            answer = self.prompts.answer_ids(self.prompts.answer(text, rng))
+            if self.seg_token_id not in answer:
+                raise ValueError(f"training answer has no {self.config.seg_token}: {self.tokenizer.decode(answer)!r}")
             rows.append(prompt + answer)
             labels.append([IGNORE_LABEL] * len(prompt) + answer)
+            seg_at.append(len(prompt) + answer.index(self.seg_token_id) + self.seg_offset())
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        label_ids = torch.tensor([l + [IGNORE_LABEL] * (width - len(l)) for l in labels])
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
         device = image_features.device
-        input_ids, label_ids, attention = input_ids.to(device), label_ids.to(device), attention.to(device)
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        label_ids = torch.tensor([lab + [IGNORE_LABEL] * (width - len(lab)) for lab in labels], device=device)
+        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         out = self.llava(
             inputs_embeds=self.embed(input_ids, image_features),
             attention_mask=attention,
             labels=label_ids,
             output_hidden_states=True,
         )
-        hidden = out.hidden_states[-1]
-        seg_pos = (input_ids == self.seg_token_id).int().argmax(dim=1)  # first <SEG> of each row
-        seg_hidden = hidden[torch.arange(len(rows), device=device), seg_pos]
-        return out.loss, self.seg_proj(seg_hidden.float())
+        seg_hidden = out.hidden_states[-1][torch.arange(len(rows), device=device), torch.tensor(seg_at, device=device)]
+        return out.loss, self.project(seg_hidden, inference=False)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder (LoRA layers injected in place), called directly so that only last-layer
+        states are kept and the LM head runs only where logits are needed."""
+        return self.base.model.language_model
 
     @torch.inference_mode()
-    def answer(self, image_features: torch.Tensor, instruction: str) -> tuple[str, torch.Tensor]:
-        """Generate the answer for one frame (image_features (1, N, hidden)).
-
-        Returns the answer text and the projected <SEG> embedding (1, D). If the model does not emit
-        <SEG>, it is appended so the fusion still gets an embedding; the answer text shows it.
-        """
-        prompt = torch.tensor([self.prompt_ids(instruction, image_features.shape[1])], device=image_features.device)
-        embeds = self.embed(prompt, image_features)
-        generated = self.llava.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=self.config.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
+    def encode_prefix(self, image_features: torch.Tensor) -> PromptPrefix:
+        """Run the conversation before the question (system prompt, image tokens) once for a
+        frame and keep its KV cache: every instruction on the frame continues from it."""
+        ids = self.prompts.prefix_ids(image_features.shape[1])
+        input_ids = torch.tensor([ids], device=image_features.device)
+        out = self.language_model(
+            inputs_embeds=self.embed(input_ids, image_features), attention_mask=torch.ones_like(input_ids), use_cache=True
         )
-        new_ids = generated[0].tolist()  # with inputs_embeds, generate returns only the new tokens
-        if self.tokenizer.eos_token_id in new_ids:
-            new_ids = new_ids[: new_ids.index(self.tokenizer.eos_token_id)]
+        cache = out.cache
+        return PromptPrefix(ids=ids, layers=[(layer.keys, layer.values) for layer in cache.layers])
+
+    def _forward_rows(
+        self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, object]:
+        """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
+        image tokens included), and the updated cache when `use_cache`."""
+        device = image_features.device
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        has_image = bool((input_ids == self.image_token_id).any())
+        features = image_features.expand(len(rows), -1, -1) if has_image else image_features[:, :0]
+        embeds = self.embed(input_ids, features)
+        cache = None
+        if prefix is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefix.layers])
+            mask = torch.cat([torch.ones((len(rows), len(prefix.ids)), dtype=mask.dtype, device=device), mask], dim=1)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, cache=cache, use_cache=use_cache or prefix is not None)
+        return out.last_hidden_state, out.cache
+
+    def _tail(self, prompt: list[int], prefix: PromptPrefix | None) -> tuple[list[int], PromptPrefix | None]:
+        """The part of a prompt after the frame's cached prefix, or the whole prompt when it does
+        not start with the prefix's ids (then nothing is reused)."""
+        if prefix is not None and prompt[: len(prefix.ids)] == prefix.ids:
+            return prompt[len(prefix.ids) :], prefix
+        return prompt, None
+
+    @torch.inference_mode()
+    def answer(self, image_features: torch.Tensor, instruction: str, phrase: bool = False) -> tuple[str, torch.Tensor]:
+        """Answer one instruction on one frame (image_features (1, N, hidden)) without a cached
+        prefix: the plain path. Returns the answer text and the projected <SEG> embedding (1, D)."""
+        (text, seg), = self.answer_batch(image_features, [instruction], [phrase], prefix=None)
+        return text, seg
+
+    @torch.inference_mode()
+    def answer_batch(
+        self,
+        image_features: torch.Tensor,
+        instructions: list[str],
+        phrases: list[bool] | None = None,
+        prefix: PromptPrefix | None = None,
+    ) -> list[tuple[str, torch.Tensor]]:
+        """Answer several instructions on one frame, continuing the frame's cached prefix.
+
+        "given" and "verified" run all instructions as one padded forward over instruction +
+        answer tokens; "verified" also checks the answer against greedy decoding (LM head only on
+        the answer positions) and generates from the first token that differs; "generate"
+        decodes greedily and reads <SEG> from the decoding pass."""
+        phrases = phrases if phrases is not None else [False] * len(instructions)
+        count = image_features.shape[1]
+        prompts = [self.prompts.prompt_ids(self.prompts.question(t, p), count) for t, p in zip(instructions, phrases)]
+        if self.config.answer_mode == "generate":
+            return [self._generate(prompt, image_features, prefix) for prompt in prompts]
+        verify = self.config.answer_mode == "verified"
+        answers = [self._given(t) for t in instructions]
+        rows, reads = [], []
+        for prompt, (_, ids, seg) in zip(prompts, answers):
+            fed = ids if verify else ids[: seg + 1 + self.seg_offset()]
+            rows.append(prompt + fed)
+            reads.append(len(prompt) + seg + self.seg_offset())
+        results: list[tuple[str, torch.Tensor] | None] = [None] * len(rows)
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        tails = [self._tail(row, prefix) for row in rows]
+        for i, (_, used) in enumerate(tails):
+            groups[used is not None].append(i)
+        for cached, members in groups.items():
+            if not members:
+                continue
+            offset = len(prefix.ids) if cached else 0
+            hidden, _ = self._forward_rows([tails[i][0] for i in members], image_features, prefix if cached else None)
+            for row, i in enumerate(members):
+                state = hidden[row, reads[i] - offset]
+                text = answers[i][0]
+                if verify:
+                    prompt_len, ids = len(prompts[i]), answers[i][1]
+                    positions = torch.arange(prompt_len - 1, prompt_len + len(ids), device=hidden.device) - offset
+                    predicted = self.base.lm_head(hidden[row, positions]).argmax(-1).tolist()
+                    expected = ids + [self.tokenizer.eos_token_id]
+                    if predicted != expected:
+                        first = next(k for k, (a, b) in enumerate(zip(predicted, expected)) if a != b)
+                        logger.debug("answer differs from greedy decoding at token %d; generating from there", first)
+                        results[i] = self._generate(prompts[i], image_features, prefix, start=ids[:first])
+                        continue
+                    text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()  # what decoding gives
+                results[i] = (text, self.project(state.unsqueeze(0)))
+        return results  # type: ignore[return-value]
+
+    def _given(self, instruction: str) -> tuple[str, list[int], int]:
+        """The preset's answer for an instruction: (text, its ids without EOS, index of <SEG>)."""
+        text = self.prompts.answer(instruction)
+        ids = self.prompts.answer_ids(text)[:-1]
+        if self.seg_token_id not in ids:
+            raise ValueError(f"vlm.answer must contain {self.config.seg_token}, got {self.config.answer!r}")
+        return text, ids, ids.index(self.seg_token_id)
+
+    def _generate(
+        self, prompt: list[int], image_features: torch.Tensor, prefix: PromptPrefix | None, start: list[int] | None = None
+    ) -> tuple[str, torch.Tensor]:
+        """Greedy decoding after `prompt` + `start` (tokens already known), on the frame's cache.
+
+        The <SEG> state comes from the decoding pass itself. If the model never emits <SEG>, it is
+        appended and fed so the fusion still gets an embedding; the answer text shows it."""
+        start = list(start or [])
+        tail, used = self._tail(prompt + start, prefix)
+        hidden, cache = self._forward_rows([tail], image_features, used, use_cache=True)
+        states = list(hidden[0, len(tail) - len(start) - 1 :])  # states at the last prompt token and after
+        new_ids = list(start)
+        eos = self.tokenizer.eos_token_id
+        while len(new_ids) < self.config.max_new_tokens:
+            token = int(self.base.lm_head(states[-1]).argmax())
+            if token == eos:
+                break
+            new_ids.append(token)
+            states.append(self._step(token, cache, image_features.device))
         if self.seg_token_id not in new_ids:
             logger.warning("answer had no %s token; appending it", self.config.seg_token)
-            new_ids = new_ids + [self.seg_token_id]
-        seg_at = new_ids.index(self.seg_token_id)
-        full = torch.cat([prompt, torch.tensor([new_ids[: seg_at + 1]], device=prompt.device)], dim=1)
-        out = self.llava(
-            inputs_embeds=self.embed(full, image_features),
-            attention_mask=torch.ones_like(full),
-            output_hidden_states=True,
-        )
-        seg_hidden = out.hidden_states[-1][:, -1]
+            new_ids.append(self.seg_token_id)
+            if self.seg_offset() == 0:
+                states.append(self._step(self.seg_token_id, cache, image_features.device))
+        seg = new_ids.index(self.seg_token_id)
+        state = states[seg + 1 + self.seg_offset()]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=False).strip()
-        was_training = self.seg_proj.training
-        self.seg_proj.eval()  # inference: batch norm uses its running statistics, even for one query
-        try:
-            return text, self.seg_proj(seg_hidden.float())
-        finally:
-            self.seg_proj.train(was_training)
+        return text, self.project(state.unsqueeze(0))
+
+    def _step(self, token: int, cache, device: torch.device) -> torch.Tensor:
+        """Feed one token after `cache` (updated in place); its last-layer state (hidden,)."""
+        ids = torch.tensor([[token]], device=device)
+        mask = torch.ones((1, cache.get_seq_length() + 1), dtype=torch.long, device=device)
+        out = self.language_model(inputs_embeds=self.llava.get_input_embeddings()(ids), attention_mask=mask, cache=cache, use_cache=True)
+        return out.last_hidden_state[0, -1]
 
 
-def clean_instruction(text: str, config: VlmConfig) -> str:
-    """Validate and normalise a user instruction; raise ValueError with the reason if unusable."""
-    if not isinstance(text, str):
-        raise ValueError(f"instruction must be a string, got {type(text).__name__}")
-    text = re.sub(r"\s+", " ", text).strip()
-    if not text:
-        raise ValueError("instruction is empty")
-    if len(text) > config.max_instruction_chars:
-        raise ValueError(f"instruction is {len(text)} characters; the limit is {config.max_instruction_chars}")
-    for token in (config.seg_token, "<image>"):
-        if token in text:
-            raise ValueError(f"instruction must not contain the special token {token}")
-    return text
+@dataclass
+class PromptPrefix:
+    """The conversation before the question of one frame: its ids and, per decoder layer, the
+    keys and values (1, heads, P, head_dim) every instruction on the frame continues from."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]

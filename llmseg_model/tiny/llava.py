@@ -47,7 +47,12 @@ def train_tokenizer(texts: Iterable[str], vlm: VlmConfig) -> PreTrainedTokenizer
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    corpus = list(texts) + [vlm.prompt_template.replace("{instruction}", ""), vlm.answer_text]
+    templates = (
+        vlm.prompt_template.format(system=vlm.system_prompt, question=""),
+        vlm.sentence_question, vlm.phrase_question, vlm.answer,
+        *vlm.train_sentence_questions, *vlm.train_phrase_questions, *vlm.train_answers,
+    )
+    corpus = list(texts) + [t.replace("{text}", "") for t in templates]
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
