@@ -403,6 +403,8 @@ class SegmentationNode(LifecycleNode):
         selection.iop_threshold = runtime["selection.iop_threshold"]
         selection.fallback_min_iop = runtime["selection.fallback_min_iop"]
         selection.max_instances = runtime["selection.max_instances"]
+        model.config.instances.iou_threshold = runtime["instances.iou_threshold"]
+        model.config.instances.containment_threshold = runtime["instances.containment_threshold"]
         model.config.vlm.max_instruction_chars = runtime["max_instruction_chars"]
         try:
             answer = model.query(features, job.text)

@@ -107,6 +107,10 @@ SPECS: tuple[Spec, ...] = (
     _f("selection.fallback_min_iop", None, 0.0, 2.0, "if none passes, take the best IoU proposal when its "
        "IoP >= this (> 1: never)", preset_key="selection.fallback_min_iop"),
     _i("selection.max_instances", None, 1, 1000, "most instances in one result", preset_key="selection.max_instances"),
+    _f("instances.iou_threshold", None, 0.01, 1.0, "selected proposals with a mask IoU at or above this are one "
+       "object", preset_key="instances.iou_threshold"),
+    _f("instances.containment_threshold", None, 0.01, 1.0, "a selected proposal this much inside another "
+       "(intersection over the smaller) is part of the same object", preset_key="instances.containment_threshold"),
     _i("max_instruction_chars", None, 1, 100000, "longer instructions are BAD_INSTRUCTION",
        preset_key="vlm.max_instruction_chars"),
     _f("max_image_age", 2.0, 0.0, 3600.0, "seconds; the latest frame is STALE_IMAGE when older (0 = no limit)"),

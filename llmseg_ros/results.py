@@ -38,8 +38,9 @@ def status_result(instruction_id: str, text: str, status: int, error: str = "", 
 def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_labels: bool) -> np.ndarray:
     """Put a model Result (llmseg_model.modeling.outputs.Result) into `result`; returns the label array.
 
-    Instances are ordered best IoP first and numbered 1..N in the label image; each keeps its
-    proposal's full box, and its area counts the pixels it owns after overlaps went to better ones.
+    Instances are the Result's objects (merged proposals), ordered best IoP first and numbered 1..N
+    in the label image; each keeps its whole box, and its area counts the pixels it owns after
+    overlaps went to better ones.
     """
     status = SegmentationResult.EMPTY if answer.empty else SegmentationResult.OK
     result.status, result.status_name = status, status_name(status)
@@ -51,13 +52,13 @@ def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_label
     areas = np.bincount(labels.ravel(), minlength=len(order) + 1)
     instances = []
     for rank, index in enumerate(order):
-        proposal = int(answer.proposal_indices[index])
+        proposals = [int(i) for i in answer.instances[index].proposal_indices]
         center_x, center_y, size_x, size_y = conversions.mask_box(masks[index])
         instances.append(Instance(
             label=rank + 1,
-            proposal_index=proposal,
+            proposal_indices=proposals,
             score=float(answer.instance_scores[index]),
-            iou_score=float(answer.iou_scores[proposal]),
+            iou_score=float(answer.iou_scores[proposals[0]]),
             bbox=BoundingBox2D(center_x=center_x, center_y=center_y, size_x=size_x, size_y=size_y),
             area=int(areas[rank + 1]),
         ))
