@@ -51,6 +51,7 @@ class Target3D:
     valid_pixels: int  # masked pixels with a usable depth
     inlier_pixels: int  # of those, the ones within the depth band around the median
     points: np.ndarray  # (inlier_pixels, 3) float32, the inlier points
+    pixels: np.ndarray | None = None  # (inlier_pixels, 2) int rows, cols of the points in the depth image
 
     @property
     def box_center(self) -> np.ndarray:
@@ -81,22 +82,23 @@ def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def target_3d(mask: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, min_band: float = 0.05, mad_scale: float = 3.0) -> Target3D | None:
-    """The masked target in 3D, or None when no masked pixel has a usable depth."""
-    height, width = depth_m.shape
-    if (intrinsics.height, intrinsics.width) != (height, width):
-        raise ValueError(f"camera info is {intrinsics.width}x{intrinsics.height}, depth image {width}x{height}")
-    mask = fit_mask(mask, height, width)
+def _inliers(mask: np.ndarray, depth_m: np.ndarray, min_band: float, mad_scale: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows, cols) of the masked pixels with a usable depth within the robust band around their
+    median depth, and how many masked pixels had a usable depth at all."""
     rows, cols = np.nonzero(mask)
     z = depth_m[rows, cols]
     valid = np.isfinite(z)
     if not valid.any():
-        return None
+        return rows[:0], cols[:0], 0
     rows, cols, z = rows[valid], cols[valid], z[valid].astype(np.float64)
     median = np.median(z)
     band = max(min_band, mad_scale * 1.4826 * float(np.median(np.abs(z - median))))
     inlier = np.abs(z - median) <= band
-    rows, cols, z = rows[inlier], cols[inlier], z[inlier]
+    return rows[inlier], cols[inlier], int(valid.sum())
+
+
+def _from_pixels(rows: np.ndarray, cols: np.ndarray, valid_pixels: int, depth_m: np.ndarray, intrinsics: Intrinsics) -> Target3D:
+    z = depth_m[rows, cols].astype(np.float64)
     x = (cols - intrinsics.cx) * z / intrinsics.fx
     y = (rows - intrinsics.cy) * z / intrinsics.fy
     points = np.stack([x, y, z], axis=1)
@@ -104,7 +106,43 @@ def target_3d(mask: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, min
         centroid=points.mean(axis=0),
         box_min=points.min(axis=0),
         box_max=points.max(axis=0),
-        valid_pixels=int(valid.sum()),
-        inlier_pixels=int(inlier.sum()),
+        valid_pixels=valid_pixels,
+        inlier_pixels=int(len(rows)),
         points=points.astype(np.float32),
+        pixels=np.stack([rows, cols], axis=1),
     )
+
+
+def _check_size(depth_m: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int]:
+    height, width = depth_m.shape
+    if (intrinsics.height, intrinsics.width) != (height, width):
+        raise ValueError(f"camera info is {intrinsics.width}x{intrinsics.height}, depth image {width}x{height}")
+    return height, width
+
+
+def target_3d(mask: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, min_band: float = 0.05, mad_scale: float = 3.0) -> Target3D | None:
+    """The masked target in 3D, or None when no masked pixel has a usable depth."""
+    height, width = _check_size(depth_m, intrinsics)
+    rows, cols, valid = _inliers(fit_mask(mask, height, width), depth_m, min_band, mad_scale)
+    return _from_pixels(rows, cols, valid, depth_m, intrinsics) if valid else None
+
+
+def targets_3d(masks: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, min_band: float = 0.05,
+               mad_scale: float = 3.0) -> tuple[list[Target3D | None], Target3D | None]:
+    """Each instance in 3D, and their union: the union keeps each instance's own inliers (one band
+    around the median of all of them would cut away objects at other depths), every pixel once."""
+    height, width = _check_size(depth_m, intrinsics)
+    instances: list[Target3D | None] = []
+    union_inliers = np.zeros((height, width), bool)
+    union_mask = np.zeros((height, width), bool)
+    for mask in masks:
+        fitted = fit_mask(mask, height, width)
+        union_mask |= fitted
+        rows, cols, valid = _inliers(fitted, depth_m, min_band, mad_scale)
+        instances.append(_from_pixels(rows, cols, valid, depth_m, intrinsics) if valid else None)
+        union_inliers[rows, cols] = True
+    if not union_inliers.any():
+        return instances, None
+    rows, cols = np.nonzero(union_inliers)
+    valid = int(np.isfinite(depth_m[union_mask]).sum())
+    return instances, _from_pixels(rows, cols, valid, depth_m, intrinsics)

@@ -1,11 +1,17 @@
 """Received frames: safe stamps, a buffer bounded by time and count, the features cached per frame,
-transport-drop accounting, and which frame an instruction is about.
+transport-drop accounting, depth images matched to colour frames by stamp, and which frame an
+instruction is about.
 
 The image callback only validates a frame's header (cheap, no copy) and stores it here; decoding
 waits until an instruction needs the frame. Instructions may name a frame by stamp, so the buffer
 keeps the recent past (`frame_buffer_seconds`, at most `frame_buffer_size` frames), frames whose
 features are cached stay findable, and an instruction naming a frame that has not arrived yet can
 wait for it.
+
+Aligned depth images (and the newest CameraInfo) are kept in a second buffer and paired with
+colour frames by stamp within a tolerance, whichever arrives first (no message_filters wheel
+exists here): the pair travels with the colour Frame, so a queued instruction keeps its depth
+however long it waits.
 """
 
 from __future__ import annotations
@@ -47,6 +53,20 @@ class Frame:
     stamp_ns: int  # header stamp, or the receive time when the header has none (or a bad one)
     received: float = field(default_factory=time.monotonic)
     error: str = ""  # why this frame cannot be used (BAD_IMAGE), found without decoding it
+    depth: "DepthFrame | None" = None  # the aligned depth image stamped closest to this frame
+
+
+@dataclass
+class DepthFrame:
+    """One received depth image with the camera info current when it arrived, kept undecoded."""
+
+    msg: Any  # sensor_msgs/Image (16UC1 / 32FC1); None when refused (see error)
+    header: Any
+    stamp_ns: int
+    info: Any = None  # sensor_msgs/CameraInfo, None when none had arrived
+    received: float = field(default_factory=time.monotonic)
+    error: str = ""  # why it cannot be used (DEPTH_BAD), found from the header
+    metres: Any = None  # decoded float32 metres (NaN = invalid), filled by the worker on first use
 
 
 class FrameBuffer:
@@ -84,9 +104,14 @@ class FrameBuffer:
 
     def find(self, stamp_ns: int, tolerance_ns: int) -> Frame | None:
         """The buffered frame closest to stamp_ns within the tolerance, if any."""
+        nearest = self.nearest(stamp_ns)
+        return nearest if nearest is not None and abs(nearest.stamp_ns - stamp_ns) <= tolerance_ns else None
+
+    def nearest(self, stamp_ns: int) -> Any:
+        """The buffered frame whose stamp is closest to stamp_ns (None when empty)."""
         with self._cond:
-            matches = [f for f in self._frames if abs(f.stamp_ns - stamp_ns) <= tolerance_ns]
-        return min(matches, key=lambda f: abs(f.stamp_ns - stamp_ns)) if matches else None
+            frames = list(self._frames)
+        return min(frames, key=lambda f: abs(f.stamp_ns - stamp_ns)) if frames else None
 
     def wait_for_stamp(self, stamp_ns: int, timeout: float) -> bool:
         """Wait until a frame stamped at or after stamp_ns arrives; False after timeout seconds."""
@@ -180,10 +205,13 @@ class Pick:
 
 
 class FrameStore:
-    """The frame buffer and the feature cache of one configured node, and frame statistics."""
+    """The frame buffer and the feature cache of one configured node, depth frames, and frame
+    statistics."""
 
     def __init__(self, size: int, seconds: float, cache_size: int) -> None:
         self.buffer = FrameBuffer(size, seconds)
+        self.depth = FrameBuffer(size, seconds)  # DepthFrames, for colour frames that arrive after them
+        self.camera_info: Any = None  # the newest sensor_msgs/CameraInfo of the depth stream
         self.cache: collections.OrderedDict[int, CachedFrame] = collections.OrderedDict()  # worker thread only
         self.cache_size = cache_size
         self.drops = DropCounter()
@@ -207,6 +235,20 @@ class FrameStore:
         gaps = sorted(self._gaps)
         return gaps[len(gaps) // 2] if len(gaps) >= 3 else 0.0
 
+    def add_colour(self, frame: Frame, tolerance_ns: int) -> None:
+        """Buffer a colour frame, paired with a depth frame already received within the tolerance."""
+        if frame.seq is not None and frame.depth is None:
+            frame.depth = self.depth.find(frame.stamp_ns, tolerance_ns)
+        self.buffer.add(frame)
+
+    def add_depth(self, depth: DepthFrame, tolerance_ns: int) -> None:
+        """Buffer a depth frame and pair it with the buffered colour frames it is closest to."""
+        self.depth.add(depth)
+        for frame in self.buffer.frames():
+            gap = abs(frame.stamp_ns - depth.stamp_ns)
+            if gap <= tolerance_ns and (frame.depth is None or gap < abs(frame.stamp_ns - frame.depth.stamp_ns)):
+                frame.depth = depth
+
     def remember(self, frame: Frame, features: Any, rgb: Any) -> None:
         if frame.seq is None:  # a service request's own image
             return
@@ -218,23 +260,27 @@ class FrameStore:
     def clear(self) -> None:
         self.cache.clear()
         self.buffer.clear()
+        self.depth.clear()
+        self.camera_info = None
 
     def pick(self, image_stamp_ns: int, runtime: dict[str, Any], now_ns: int) -> Pick:
         """The newest frame, or the one named by stamp. Validity is checked before staleness: a
         bad frame is BAD_IMAGE, whatever its age."""
         if image_stamp_ns:
             pick = self._find_stamp(image_stamp_ns, runtime)
-        else:
-            frame = self.buffer.newest()
-            pick = Pick(frame, self.cache.get(frame.seq)) if frame is not None else Pick(
-                status=SegmentationResult.NO_IMAGE, error="no image received yet")
-        if pick.status:
-            return pick
-        frame = pick.frame
+            if not pick.status and pick.frame.error:
+                return Pick(pick.frame, status=SegmentationResult.BAD_IMAGE, error=pick.frame.error)
+            return pick  # asked for by name: its age is the caller's business
+        return self.choose(self.buffer.newest(), runtime, now_ns)
+
+    def choose(self, frame: Frame | None, runtime: dict[str, Any], now_ns: int) -> Pick:
+        """The checks on a newest frame, taken now or when the instruction arrived (`now_ns` is
+        then the arrival time): none yet, bad, older than max_image_age, late for the stream."""
+        if frame is None:
+            return Pick(status=SegmentationResult.NO_IMAGE, error="no image received yet")
         if frame.error:
             return Pick(frame, status=SegmentationResult.BAD_IMAGE, error=frame.error)
-        if image_stamp_ns:  # asked for by name: its age is the caller's business
-            return pick
+        pick = Pick(frame, self.cache.get(frame.seq))
         age = (now_ns - frame.stamp_ns) / NS
         if runtime["max_image_age"] and age > runtime["max_image_age"]:
             return Pick(frame, status=SegmentationResult.STALE_IMAGE, error=(

@@ -10,16 +10,23 @@ Instructions (topics and the service) are listened to in every state and always 
 NOT_ACTIVE unless the node is active.
 
 Threads: executor callbacks only validate and store frames (llmseg_ros.frames) and queue
-instructions; one worker thread runs the model (llmseg_ros.worker). Every callback is guarded and
-the spin loop outlives exceptions raised inside rclpy's own services: no message and no accepted
-parameter value may end the process.
+instructions, each bound to the newest frame when it arrives; one worker thread runs the model
+(llmseg_ros.worker) and answers every queued instruction on the same frame together, with one
+`LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch`. With `use_depth` the answer
+is placed in 3D (llmseg_ros.spatial); standing instructions (the Track action and the
+`standing_instructions` parameter, llmseg_ros.standing) are answered again on new frames; health
+goes to /diagnostics (llmseg_ros.diagnostics). Every callback is guarded and the spin loop
+outlives exceptions raised inside rclpy's own services: no message and no accepted parameter value
+may end the process.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import itertools
+import math
 import os
 import re
 import sys
@@ -30,21 +37,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
+from llmseg_interfaces.action import Track
 from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
-from llmseg_ros import conversions, parameters, results
-from llmseg_ros.frames import Frame, FrameStore, make_frame, stamp_to_ns
+from llmseg_ros import conversions, diagnostics, parameters, results, spatial
+from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_ns
 from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
+from llmseg_ros.standing import StandingTask, StandingTasks
 from llmseg_ros.worker import Worker
 
 NODE_NAME = "llmseg"
@@ -58,6 +70,10 @@ INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliabil
 RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DEBUG_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 DROP_REPORT_PERIOD = 5.0  # seconds between checks for frames lost in transport
+POINTS_QOS = DEBUG_IMAGE_QOS
+MARKER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+MARKER_NAMESPACES = 256  # instruction ids whose marker counts are remembered (to delete stale markers)
 
 
 def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,7 +104,7 @@ def logged_transition(method: Callable[..., TransitionCallbackReturn]) -> Callab
     return wrapper
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One instruction on its way to the worker."""
 
@@ -97,8 +113,22 @@ class Job:
     image_stamp_ns: int  # 0: the newest frame
     received: float  # time.monotonic() at arrival
     reply: Callable[[SegmentationResult], None]
+    phrase: bool = False
     image: Frame | None = None  # the Segment service's own image
     invalid: tuple[int, str] | None = None  # a status found while reading the message
+    bound: Frame | None = None  # the newest frame when it arrived (frame_binding: arrival)
+    bound_ns: int | None = None  # ROS time at arrival when bound then; None: bound when the worker takes it
+    standing: StandingTask | None = None  # the standing instruction this answers once
+
+
+@dataclass(eq=False)
+class Member:
+    """One job of a batch: the seconds it spent per stage, and whether it got its answer."""
+
+    job: Job
+    stages: dict[str, float]
+    joined_late: bool = False  # taken after the frame's proposal pass, so it did not wait for it
+    replied: bool = False
 
 
 class SegmentationNode(LifecycleNode):
@@ -113,26 +143,49 @@ class SegmentationNode(LifecycleNode):
         self._config: LLMSegConfig | None = None
         self._model: Any = None  # llmseg_model.modeling.model.LLMSeg, imported lazily (torch is slow to import)
         self._model_error: str | None = None
+        self._device = SPEC["device"].default
         self._frames = FrameStore(SPEC["frame_buffer_size"].default, SPEC["frame_buffer_seconds"].default, 1)
         self._job_ids = itertools.count(1)
         self._worker: Worker[Job] | None = None
         self._image_subscription: Any = None
+        self._depth_subscriptions: list[Any] = []
         self._image_transport = SPEC["image_transport"].default
+        self._use_depth = False
+        self._max_track_goals = SPEC["max_track_goals"].default
         self.callback_failures = 0  # exceptions the spin loop survived (see spin)
+        self._stats = diagnostics.Stats()
+        self._recently_lost = 0
+        self._standing = StandingTasks()
+        self._goal_tasks: dict[bytes, StandingTask] = {}
+        self._marker_counts: collections.OrderedDict[str, int] = collections.OrderedDict()
 
-        # Instructions, results and the service exist in every lifecycle state, so every
-        # instruction is answered (NOT_ACTIVE when not active); only images wait for activate.
+        # Instructions, results, the service and the action exist in every lifecycle state, so
+        # every instruction and goal is answered (NOT_ACTIVE when not active); only images wait
+        # for activate.
         instructions = MutuallyExclusiveCallbackGroup()
         self._result_pub = self.create_publisher(SegmentationResult, "result", RESULT_QOS)
         self._mask_pub = self.create_publisher(Image, "mask", DEBUG_IMAGE_QOS)
         self._overlay_pub = self.create_publisher(Image, "overlay", DEBUG_IMAGE_QOS)
+        self._points_pub = self.create_publisher(PointCloud2, "points", POINTS_QOS)
+        self._markers_pub = self.create_publisher(MarkerArray, "markers", MARKER_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.create_subscription(Instruction, "instruction", self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=instructions)
         self.create_subscription(String, "instruction_text", self._on_instruction_text, INSTRUCTION_QOS,
                                  callback_group=instructions)
         self.create_service(Segment, "segment", self._on_segment, callback_group=ReentrantCallbackGroup())
+        # Each running goal waits in its execute callback, on an executor thread of its own.
+        self._track_server = ActionServer(
+            self, Track, "track", execute_callback=self._execute_track,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._cancel_track,
+            callback_group=ReentrantCallbackGroup(), result_timeout=60,
+        )
         self._image_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(DROP_REPORT_PERIOD, self._report_drops)
+        period = self.get_parameter("diagnostics_period").value
+        period = period if parameters.check("diagnostics_period", period) is None else SPEC["diagnostics_period"].default
+        self.create_timer(float(period), self._publish_diagnostics)
+        self.parameters.listeners.append(self._on_runtime_change)
 
     # ------------------------------------------------------------------ lifecycle
     @logged_transition
@@ -155,6 +208,9 @@ class SegmentationNode(LifecycleNode):
         self._frames = FrameStore(values["frame_buffer_size"], values["frame_buffer_seconds"],
                                   values["feature_cache_size"])
         self._image_transport = values["image_transport"]
+        self._use_depth = values["use_depth"]
+        self._max_track_goals = values["max_track_goals"]
+        self._device = values["device"]
         with self._state_lock:
             self._worker = Worker(self._process, values["max_queue"])
             self._configured = True
@@ -162,7 +218,8 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(
             f"configured: preset {self._config.preset}, K={self._config.proposals.top_k}, selection iop > "
             f"{selection.iop_threshold}, fallback IoP >= {selection.fallback_min_iop}, "
-            f"model {'deferred to first instruction' if self._model is None else 'loaded'}"
+            f"model {'deferred to first instruction' if self._model is None else 'loaded'}, "
+            f"depth {'on' if self._use_depth else 'off'}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -176,25 +233,42 @@ class SegmentationNode(LifecycleNode):
                 CompressedImage if compressed else Image, topic, self._on_image, IMAGE_QOS,
                 callback_group=self._image_group, qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             )
+            if self._use_depth:
+                self._depth_subscriptions = [
+                    self.create_subscription(Image, "depth_image", self._on_depth, IMAGE_QOS,
+                                             callback_group=self._image_group,
+                                             qos_overriding_options=QoSOverridingOptions.with_default_policies()),
+                    self.create_subscription(CameraInfo, "depth_info", self._on_camera_info, IMAGE_QOS,
+                                             callback_group=self._image_group),
+                ]
         except Exception as error:  # e.g. a qos_overrides.* parameter with an unusable value
             self.get_logger().error(f"activate failed: cannot subscribe to {topic}: {error}")
+            self._unsubscribe()
             return TransitionCallbackReturn.FAILURE
         with self._state_lock:
             self._active = True
         qos = self._image_subscription.qos_profile
+        depth = (f"; depth on {self._depth_subscriptions[0].topic_name} with {self._depth_subscriptions[1].topic_name}"
+                 if self._depth_subscriptions else "")
         self.get_logger().info(
-            f"active: images on {self._image_subscription.topic_name} ({qos.reliability.name.lower()}, depth {qos.depth})"
+            f"active: images on {self._image_subscription.topic_name} ({qos.reliability.name.lower()}, "
+            f"depth {qos.depth}){depth}"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _unsubscribe(self) -> None:
+        for subscription in [self._image_subscription, *self._depth_subscriptions]:
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._image_subscription, self._depth_subscriptions = None, []
 
     @logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._state_lock:
             self._active = False
             jobs = self._worker.drain() if self._worker is not None else []
-        if self._image_subscription is not None:
-            self.destroy_subscription(self._image_subscription)
-            self._image_subscription = None
+        self._unsubscribe()
+        self._end_goals("the node was deactivated")
         for job in jobs:
             self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node was deactivated"))
         return TransitionCallbackReturn.SUCCESS
@@ -227,9 +301,8 @@ class SegmentationNode(LifecycleNode):
             self._active = False
             self._configured = False
             worker, self._worker = self._worker, None
-        if self._image_subscription is not None:
-            self.destroy_subscription(self._image_subscription)
-            self._image_subscription = None
+        self._unsubscribe()
+        self._end_goals("the node is shutting down")
         if worker is not None:
             for job in worker.stop(timeout=30.0):
                 self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node is shutting down"))
@@ -249,6 +322,7 @@ class SegmentationNode(LifecycleNode):
             torch.set_num_threads(values["num_threads"])
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = device
         started = time.monotonic()
         model = LLMSeg.from_config(self._config, device=device)
         self.get_logger().info(f"{self._config.preset} model loaded on {device} in {time.monotonic() - started:.1f} s")
@@ -257,9 +331,27 @@ class SegmentationNode(LifecycleNode):
     # ------------------------------------------------------------------ inputs (executor threads)
     @guarded
     def _on_image(self, msg: Image | CompressedImage, info: Any) -> None:
-        """Check the header (no pixel is touched) and keep the frame; refused data is not kept."""
+        """Check the header (no pixel is touched) and keep the frame; refused data is not kept.
+        Standing instructions due on a new frame are queued for it."""
         store = self._frames
-        store.buffer.add(self._frame(msg, store.arrived(info)))
+        frame = self._frame(msg, store.arrived(info))
+        store.add_colour(frame, int(self.parameters["depth_tolerance"] * NS))
+        if not frame.error:
+            for task in self._standing.due(frame.seq):
+                self._submit(Job(id=task.id, text=task.text, image_stamp_ns=0, received=time.monotonic(),
+                                 reply=task.deliver, phrase=task.phrase, standing=task), bounded=False)
+
+    @guarded
+    def _on_depth(self, msg: Image) -> None:
+        """Keep a depth image (checked from its header) and pair it with its colour frame by stamp."""
+        store = self._frames
+        depth = spatial.make_depth_frame(msg, store.camera_info, self.parameters["max_image_bytes"],
+                                         self.get_clock().now().nanoseconds)
+        store.add_depth(depth, int(self.parameters["depth_tolerance"] * NS))
+
+    @guarded
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._frames.camera_info = msg
 
     def _frame(self, msg: Image | CompressedImage, seq: int | None) -> Frame:
         limits = self.parameters["max_image_side"], self.parameters["max_image_bytes"]
@@ -268,7 +360,7 @@ class SegmentationNode(LifecycleNode):
     @guarded
     def _on_instruction(self, msg: Instruction) -> None:
         job = Job(id=msg.id or f"auto-{next(self._job_ids)}", text=msg.text, image_stamp_ns=0,
-                  received=time.monotonic(), reply=self._publish_result)
+                  received=time.monotonic(), reply=self._publish_result, phrase=msg.phrase)
         stamp = stamp_to_ns(msg.image_stamp)
         if stamp is None:
             job.invalid = (SegmentationResult.BAD_INSTRUCTION, f"image_stamp is negative ({msg.image_stamp.sec} s)")
@@ -295,7 +387,7 @@ class SegmentationNode(LifecycleNode):
     def _serve(self, request: Segment.Request, instruction_id: str) -> SegmentationResult:
         future: concurrent.futures.Future[SegmentationResult] = concurrent.futures.Future()
         job = Job(id=instruction_id, text=request.text, image_stamp_ns=0, received=time.monotonic(),
-                  reply=future.set_result)
+                  reply=future.set_result, phrase=request.phrase)
         if not conversions.is_empty(request.image):
             job.image = self._frame(request.image, None)  # checked before anything is copied or queued
         request.image = Image()  # keep no reference to a large request while waiting
@@ -309,12 +401,16 @@ class SegmentationNode(LifecycleNode):
                 worker.cancel(job)
             return self._status(job, SegmentationResult.MODEL_ERROR, f"no result within service_timeout={timeout} s")
 
-    def _submit(self, job: Job) -> None:
-        """Queue a job for the worker, or answer it now when it cannot be run."""
+    def _submit(self, job: Job, bounded: bool = True) -> None:
+        """Queue a job for the worker, bound to the newest frame now (frame_binding: arrival), or
+        answer it now when it cannot be run."""
         with self._state_lock:
             status, error = self._precheck(job)
             if status is None:
-                if self._worker.submit(job):
+                if (job.image is None and not job.image_stamp_ns and job.standing is None
+                        and self.parameters["frame_binding"] == "arrival"):
+                    job.bound, job.bound_ns = self._frames.buffer.newest(), self.get_clock().now().nanoseconds
+                if self._worker.submit(job, bounded):
                     return
                 status, error = SegmentationResult.QUEUE_FULL, f"{self._worker.max_queue} instructions already queued"
         self._reply(job, self._status(job, status, error, job.image))
@@ -341,6 +437,8 @@ class SegmentationNode(LifecycleNode):
     @guarded
     def _report_drops(self) -> None:
         received, lost = self._frames.drops.take()
+        self._recently_lost = lost
+        self._stats.lost(lost)
         if lost:
             self.get_logger().warning(
                 f"{lost} of {received + lost} image frames were lost before the node took them in the last "
@@ -350,55 +448,127 @@ class SegmentationNode(LifecycleNode):
             )
 
     # ------------------------------------------------------------------ the worker thread
-    def _process(self, job: Job) -> None:
-        stages = {"queue": time.monotonic() - job.received}
+    def _process(self, head: Job) -> None:
+        """Answer the oldest queued instruction together with every queued one on the same frame;
+        each member gets exactly one result, whatever fails."""
+        members: list[Member] = []
         try:
-            result, rgb, labels = self._segment(job, stages)
-        except Exception as error:  # never let one instruction take the node down
-            self.get_logger().error(f"instruction {job.id!r} failed:\n{traceback.format_exc()}")
-            result, rgb, labels = self._status(job, SegmentationResult.MODEL_ERROR, repr(error)), None, None
-        stages["total"] = time.monotonic() - job.received
-        result.timings = results.timings(stages)
-        self._reply(job, result)
-        if rgb is not None:
-            self._publish_debug_images(result, rgb, labels)
+            self._run_batch(head, members)
+        except Exception as error:  # never let one batch take the node down
+            self.get_logger().error(f"instruction {head.id!r} (batch of {max(len(members), 1)}) failed:\n"
+                                    f"{traceback.format_exc()}")
+            if not members:
+                members.append(Member(head, {"queue": time.monotonic() - head.received}))
+            for member in members:
+                if not member.replied:
+                    self._answer(member, self._status(member.job, SegmentationResult.MODEL_ERROR, repr(error)))
 
-    def _segment(self, job: Job, stages: dict[str, float]) -> tuple[SegmentationResult, Any, Any]:
+    def _run_batch(self, head: Job, members: list[Member]) -> None:
         runtime = self.parameters.snapshot()
-        store = self._frames
-        if job.image is not None:
-            frame, cached = job.image, None
-        else:
-            pick = store.pick(job.image_stamp_ns, runtime, self.get_clock().now().nanoseconds)
-            if pick.status:
-                return self._status(job, pick.status, pick.error, pick.frame), None, None
-            if pick.late:
-                self.get_logger().warning(f"instruction {job.id!r}: {pick.late}", throttle_duration_sec=10.0)
-            frame, cached = pick.frame, pick.cached
+        taken = time.monotonic()
+        members.append(Member(head, {"queue": taken - head.received}))
+        pick = self._resolve(head, runtime)
+        if pick.status:
+            self._answer(members[0], self._status(head, pick.status, pick.error, pick.frame))
+            return
+        if pick.late:
+            self.get_logger().warning(f"instruction {head.id!r}: {pick.late}", throttle_duration_sec=10.0)
+        frame, cached = pick.frame, pick.cached
+        members += self._companions(head, frame, runtime, runtime["max_batch"] - 1, taken)
+
+        def fail_all(status: int, error: str) -> None:
+            for member in members:
+                if not member.replied:
+                    self._answer(member, self._status(member.job, status, error, frame))
 
         start = time.monotonic()
         if cached is None:
             try:
                 rgb = self._decode(frame.msg, runtime)
             except ValueError as invalid:
-                return self._status(job, SegmentationResult.BAD_IMAGE, str(invalid), frame), None, None
+                return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
         else:
             rgb = cached.rgb
-        stages["decode"] = time.monotonic() - start
-
+        decode = time.monotonic() - start
         model = self._ensure_model()
         if model is None:
-            return self._status(job, SegmentationResult.MODEL_ERROR, self._model_error or "no model", frame), None, None
+            return fail_all(SegmentationResult.MODEL_ERROR, self._model_error or "no model")
         if cached is None:
             try:
                 features = model.prepare(rgb)
             except ValueError as invalid:
-                return self._status(job, SegmentationResult.BAD_IMAGE, str(invalid), frame), None, None
-            stages.update(features.timings)
+                return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
         else:
             features = cached.features
-        store.remember(frame, features, rgb)
+        for member in members:
+            member.stages["decode"] = decode
+            if cached is None:
+                member.stages.update(features.timings)
+        self._frames.remember(frame, features, rgb)
+        # Instructions on this frame that arrived during its proposal pass join the batch.
+        late = self._companions(head, frame, runtime, runtime["max_batch"] - len(members), time.monotonic())
+        for member in late:
+            member.joined_late = True
+        members += [m for m in late if not m.replied]
 
+        self._apply_runtime(model, runtime)
+        answers, batch = self._query(model, features, [m.job for m in members if not m.replied])
+        self._stats.batch(batch, cached is None)
+        for member, answer in zip([m for m in members if not m.replied], answers):
+            job = member.job
+            if isinstance(answer, str):
+                self._answer(member, self._status(job, SegmentationResult.BAD_INSTRUCTION, answer, frame))
+                continue
+            member.stages.update({k: v for k, v in answer.timings.items() if k not in features.timings})
+            result = self._status(job, SegmentationResult.OK, "", frame)
+            result.frame_cached = cached is not None or member.joined_late
+            result.batch_size = batch
+            labels, masks = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
+            union = self._place_3d(result, masks, frame, runtime, member.stages)
+            self._answer(member, result)
+            self._publish_outputs(result, rgb, labels, union, frame)
+
+    def _resolve(self, job: Job, runtime: dict[str, Any]) -> Pick:
+        """The frame a job is about: its own image, the newest frame when it arrived, the frame its
+        stamp names, or the newest frame now."""
+        if job.image is not None:
+            return Pick(job.image)
+        if job.bound_ns is not None:
+            return self._frames.choose(job.bound, runtime, job.bound_ns)
+        return self._frames.pick(job.image_stamp_ns, runtime, self.get_clock().now().nanoseconds)
+
+    def _companions(self, head: Job, frame: Frame, runtime: dict[str, Any], limit: int, taken: float) -> list[Member]:
+        """Queued jobs about the same frame (up to limit), taken out of the queue; those that fail
+        the frame's checks for their own arrival time are answered here."""
+        if head.image is not None or frame.seq is None or limit <= 0 or self._worker is None:
+            return []
+        newest = self._frames.buffer.newest() is frame
+        tolerance = int(runtime["image_stamp_tolerance"] * NS)
+
+        def joins(job: Job) -> bool:
+            if job.image is not None:
+                return False
+            if job.bound_ns is not None:
+                return job.bound is frame
+            if job.image_stamp_ns:
+                return abs(job.image_stamp_ns - frame.stamp_ns) <= tolerance
+            return newest  # bound when taken: the newest frame, which this one is
+
+        members = []
+        for job in self._worker.take(joins, limit):
+            member = Member(job, {"queue": taken - job.received})
+            members.append(member)
+            if job.bound_ns is not None:
+                pick = self._frames.choose(frame, runtime, job.bound_ns)
+            elif job.image_stamp_ns:
+                pick = Pick(frame)
+            else:
+                pick = self._frames.choose(frame, runtime, self.get_clock().now().nanoseconds)
+            if pick.status:
+                self._answer(member, self._status(job, pick.status, pick.error, frame))
+        return members
+
+    def _apply_runtime(self, model: Any, runtime: dict[str, Any]) -> None:
         selection = model.config.selection
         selection.iop_threshold = runtime["selection.iop_threshold"]
         selection.fallback_min_iop = runtime["selection.fallback_min_iop"]
@@ -406,16 +576,57 @@ class SegmentationNode(LifecycleNode):
         model.config.instances.iou_threshold = runtime["instances.iou_threshold"]
         model.config.instances.containment_threshold = runtime["instances.containment_threshold"]
         model.config.vlm.max_instruction_chars = runtime["max_instruction_chars"]
-        try:
-            answer = model.query(features, job.text)
-        except ValueError as invalid:
-            return self._status(job, SegmentationResult.BAD_INSTRUCTION, str(invalid), frame), None, None
-        stages.update({k: v for k, v in answer.timings.items() if k not in features.timings})
 
-        result = self._status(job, SegmentationResult.OK, "", frame)
-        result.frame_cached = cached is not None
-        labels = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
-        return result, rgb, labels
+    @staticmethod
+    def _query(model: Any, features: Any, jobs: list[Job]) -> tuple[list[Any], int]:
+        """One LLMSeg.query_batch for the jobs: a model Result each, or the reason (str) its
+        instruction was refused. A refused instruction (query_batch names its index) is taken
+        out and the rest asked again, so one bad instruction spoils nothing for the others."""
+        answers: list[Any] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        while pending:
+            try:
+                batch = model.query_batch(features, [jobs[i].text for i in pending], [jobs[i].phrase for i in pending])
+            except ValueError as invalid:
+                found = re.match(r"instruction (\d+): (.*)", str(invalid), re.S)
+                if found and int(found[1]) < len(pending):
+                    answers[pending.pop(int(found[1]))] = found[2]
+                    continue
+                if len(pending) == 1:
+                    answers[pending[0]] = str(invalid)
+                    break
+                for i in pending:  # a refusal that names no instruction: ask each alone
+                    try:
+                        answers[i] = model.query(features, jobs[i].text, jobs[i].phrase)
+                    except ValueError as alone:
+                        answers[i] = str(alone)
+                return answers, 1
+            for i, answer in zip(pending, batch):
+                answers[i] = answer
+            return answers, len(pending)
+        return answers, 0
+
+    def _place_3d(self, result: SegmentationResult, masks: Any, frame: Frame, runtime: dict[str, Any],
+                  stages: dict[str, float]) -> Any:
+        """The target in 3D from the depth image paired with the frame; a depth status otherwise.
+        Returns the union (for the point cloud) or None."""
+        if not self._use_depth:
+            return None
+        start = time.monotonic()
+        depth = frame.depth
+        if frame.seq is None:
+            spatial.set_depth_status(result, SegmentationResult.DEPTH_MISSING, "a service call's own image has no depth")
+            return None
+        if depth is not None and depth.info is None:
+            depth.info = self._frames.camera_info  # the depth image arrived before any camera info
+        status, why = spatial.match_problem(depth, self._frames, frame.stamp_ns, runtime["depth_tolerance"])
+        union = None
+        if status != SegmentationResult.DEPTH_OK:
+            spatial.set_depth_status(result, status, why)
+        else:
+            union = spatial.fill_3d(result, masks, depth, runtime)
+        stages["depth"] = time.monotonic() - start
+        return union
 
     @staticmethod
     def _decode(msg: Image | CompressedImage, runtime: dict[str, Any]) -> Any:
@@ -439,11 +650,25 @@ class SegmentationNode(LifecycleNode):
     def _status(job: Job, status: int, error: str, frame: Frame | None = None) -> SegmentationResult:
         return status_result(job.id, job.text, status, error, frame.header if frame is not None else None)
 
+    def _answer(self, member: Member, result: SegmentationResult) -> None:
+        """Reply to a batch member with its own timings (total: from its arrival to now)."""
+        member.stages["total"] = time.monotonic() - member.job.received
+        result.timings = results.timings(member.stages)
+        member.replied = True
+        self._reply(member.job, result)
+
     def _reply(self, job: Job, result: SegmentationResult) -> None:
         if not result.timings:
             result.timings = results.timings({"total": time.monotonic() - job.received})
+        self._stats.result(result)
         if result.status not in (SegmentationResult.OK, SegmentationResult.EMPTY):
-            self.get_logger().warning(f"instruction {job.id!r}: status {result.status_name}: {result.error}")
+            message = f"instruction {job.id!r}: status {result.status_name}: {result.error}"
+            if job.standing is not None:  # answered again on every frame: say it now and then
+                self.get_logger().warning(message, throttle_duration_sec=5.0)
+            else:
+                self.get_logger().warning(message)
+        if job.standing is not None and not self._standing.finished(job.standing, result):
+            return  # the standing instruction ended while this was in flight
         try:
             job.reply(result)
         except Exception as error:  # e.g. the context is already shut down
@@ -452,11 +677,143 @@ class SegmentationNode(LifecycleNode):
     def _publish_result(self, result: SegmentationResult) -> None:
         self._result_pub.publish(result)
 
-    def _publish_debug_images(self, result: SegmentationResult, rgb: Any, labels: Any) -> None:
+    def _publish_outputs(self, result: SegmentationResult, rgb: Any, labels: Any, union: Any, frame: Frame) -> None:
+        """mask, overlay, points and markers: each only while someone subscribes."""
         if self._mask_pub.get_subscription_count():
             self._mask_pub.publish(result.mask)
         if self.parameters["publish_overlay"] and self._overlay_pub.get_subscription_count():
             self._overlay_pub.publish(conversions.rgb_to_image(conversions.overlay(rgb, labels), result.header))
+        if not self._use_depth or frame.depth is None:
+            return
+        if union is not None and self.parameters["publish_points"] and self._points_pub.get_subscription_count():
+            depth_shape = (int(frame.depth.msg.height), int(frame.depth.msg.width))
+            self._points_pub.publish(spatial.point_cloud(union, labels, depth_shape, frame.depth.header))
+        if self.parameters["publish_markers"] and self._markers_pub.get_subscription_count():
+            previous = self._marker_counts.pop(result.instruction_id, 0)
+            array = spatial.markers(result, previous, self.parameters["marker_lifetime"])
+            self._marker_counts[result.instruction_id] = sum(m.action == m.ADD for m in array.markers)
+            while len(self._marker_counts) > MARKER_NAMESPACES:
+                self._marker_counts.popitem(last=False)
+            if array.markers:
+                self._markers_pub.publish(array)
+
+    # ------------------------------------------------------------------ standing instructions
+    def _on_runtime_change(self, names: set[str]) -> None:
+        """The standing_instructions parameter: one task per entry, results on `result`."""
+        if not names & {"standing_instructions", "standing_rate"}:
+            return
+        try:
+            for task in self._standing.tasks("parameter"):
+                self._standing.remove(task)
+            rate = self.parameters["standing_rate"]
+            for k, text in enumerate(self.parameters["standing_instructions"]):
+                self._standing.add(StandingTask(f"standing-{k}", text, False, rate, self._publish_result,
+                                                origin="parameter"))
+        except Exception:
+            self.get_logger().error(f"standing_instructions could not be applied:\n{traceback.format_exc()}")
+
+    def _goal_problem(self, goal: Any) -> tuple[int, str] | None:
+        """Why a Track goal cannot run (status, reason), or None."""
+        with self._state_lock:
+            if not self._active or self._worker is None:
+                return SegmentationResult.NOT_ACTIVE, "the node is not active"
+            probe = Job(id=goal.id, text=goal.text, image_stamp_ns=0, received=0.0, reply=lambda result: None)
+            status, error = self._precheck(probe)
+        if status is not None:
+            return status, error
+        for name in ("rate", "duration"):
+            value = getattr(goal, name)
+            if not math.isfinite(value) or value < 0 or value > 1e6:
+                return SegmentationResult.BAD_INSTRUCTION, f"{name} must be a finite number >= 0, got {value}"
+        running = [t for t in self._standing.tasks("action") if t.id != goal.id]
+        if len(running) >= self._max_track_goals:
+            return SegmentationResult.QUEUE_FULL, f"{len(running)} Track goals already running (max_track_goals)"
+        return None
+
+    def _execute_track(self, goal_handle: Any) -> Any:
+        """Run one standing instruction until it is cancelled, preempted, its duration is over or
+        the node stops being active; every goal ends with a summary."""
+        goal = goal_handle.request
+        task_id = goal.id or f"track-{next(self._job_ids)}"
+
+        def feedback(result: SegmentationResult) -> None:
+            goal_handle.publish_feedback(Track.Feedback(result=result))
+
+        task = StandingTask(task_id, goal.text, goal.phrase, goal.rate, feedback)
+        key = bytes(goal_handle.goal_id.uuid)
+        self._goal_tasks[key] = task
+        try:
+            problem = self._goal_problem(goal)
+            if problem is not None:
+                task.end(problem[1], problem[0])
+            else:
+                for old in self._standing.add(task):
+                    old.end(f"preempted by a new goal with id {task_id!r}")
+                self.get_logger().info(f"tracking {task_id!r}: {goal.text!r} at {goal.rate or 'every frame'} Hz")
+                if goal_handle.is_cancel_requested:
+                    task.end("cancelled")
+                if not task.ended.wait(goal.duration if goal.duration > 0 else None):
+                    task.end("duration reached")
+                self._standing.remove(task)
+        finally:
+            self._goal_tasks.pop(key, None)
+        if task.end_status != SegmentationResult.OK:
+            self.get_logger().warning(f"Track goal {task_id!r} not run: {task.end_reason}")
+        summary = Track.Result(
+            id=task_id, status=task.end_status, status_name=status_name(task.end_status), reason=task.end_reason,
+            answered=task.answered, ok=task.ok, empty=task.empty, failed=task.failed,
+            mean_latency=task.latency_sum / task.answered if task.answered else 0.0,
+        )
+        if task.last_result is not None:
+            summary.last_result = task.last_result
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif task.end_status == SegmentationResult.OK and task.end_reason == "duration reached":
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return summary
+
+    def _cancel_track(self, goal_handle: Any) -> CancelResponse:
+        task = self._goal_tasks.get(bytes(goal_handle.goal_id.uuid))
+        if task is not None:
+            task.end("cancelled")
+        return CancelResponse.ACCEPT
+
+    def _end_goals(self, reason: str) -> None:
+        for task in self._standing.tasks("action"):
+            task.end(reason, SegmentationResult.NOT_ACTIVE)
+
+    # ------------------------------------------------------------------ diagnostics
+    @guarded
+    def _publish_diagnostics(self) -> None:
+        with self._state_lock:
+            state = "active" if self._active else "inactive" if self._configured else "unconfigured"
+            worker = self._worker
+        store = self._frames
+        now = time.monotonic()
+        newest, depth = store.buffer.newest(), store.depth.newest()
+        if self._model is not None:
+            model = "loaded"
+        elif self._model_error:
+            model = "failed to load"
+        else:
+            model = "deferred to the first instruction" if self._configured else "not loaded"
+        max_age = self.parameters["max_image_age"]
+        health = diagnostics.Health(
+            name=f"{self.get_name()}: {self.get_fully_qualified_name()}",
+            state=state, model=model, model_error=self._model_error or "", device=self._device,
+            preset=self._config.preset if self._config is not None else self.get_parameter("preset").value,
+            queue=worker.queued() if worker is not None else 0,
+            max_queue=worker.max_queue if worker is not None else self.get_parameter("max_queue").value,
+            frame_age=now - newest.received if newest is not None else None,
+            depth_enabled=self._use_depth, depth_age=now - depth.received if depth is not None else None,
+            camera_info=store.camera_info is not None,
+            standing=len(self._standing.tasks("parameter")), goals=len(self._standing.tasks("action")),
+            stale_after=max(max_age, 2.0) if max_age else 2.0, frames_lost_recently=self._recently_lost,
+            stats=self._stats.snapshot(),
+        )
+        self._diagnostics_pub.publish(diagnostics.diagnostic_array(health, self.get_clock().now().to_msg()))
 
 
 def spin(executor: MultiThreadedExecutor, node: SegmentationNode) -> None:
@@ -480,9 +837,12 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = SegmentationNode()
-        # Service calls block an executor thread each while they wait (at most max_queue + 1 of them).
+        # Service calls block an executor thread each while they wait (at most max_queue + 1 of
+        # them), and so does each running Track goal.
         queue = node.get_parameter("max_queue").value
+        goals = node.get_parameter("max_track_goals").value
         threads = (queue if parameters.check("max_queue", queue) is None else SPEC["max_queue"].default) + 4
+        threads += goals if parameters.check("max_track_goals", goals) is None else SPEC["max_track_goals"].default
         executor = MultiThreadedExecutor(num_threads=min(threads, 64))
         executor.add_node(node)
         if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST" and os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"):

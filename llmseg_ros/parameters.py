@@ -94,7 +94,11 @@ SPECS: tuple[Spec, ...] = (
     # --- topics, buffers, queues (configure)
     Spec("image_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: CompressedImage on "
          "`image/compressed`", CONFIGURE, choices=("raw", "compressed")),
-    _i("max_queue", 4, 1, 1000, "instructions waiting for the worker; more are answered QUEUE_FULL", CONFIGURE),
+    _i("max_queue", 16, 1, 1000, "instructions waiting for the worker; more are answered QUEUE_FULL (queued "
+       "instructions on one frame cost one batched query)", CONFIGURE),
+    _i("max_track_goals", 8, 1, 64, "Track goals running at once; more end at once with QUEUE_FULL", CONFIGURE),
+    Spec("use_depth", False, "subscribe to depth_image (16UC1 mm / 32FC1 m, aligned to the colour image) and "
+         "depth_info (its CameraInfo) and put the target in 3D on every result", CONFIGURE, bool),
     _i("frame_buffer_size", 32, 1, 1000, "most frames kept for instructions that name an image_stamp (memory bound)",
        CONFIGURE),
     _f("frame_buffer_seconds", 1.0, 0.0, 60.0, "frames received within this many seconds of the newest are kept "
@@ -116,6 +120,21 @@ SPECS: tuple[Spec, ...] = (
     _f("max_image_age", 2.0, 0.0, 3600.0, "seconds; the latest frame is STALE_IMAGE when older (0 = no limit)"),
     _f("image_stamp_tolerance", 0.005, 0.0, 10.0, "seconds; how close a frame's stamp must be to an "
        "instruction's image_stamp"),
+    Spec("frame_binding", "arrival", "arrival: an instruction is about the newest frame when it arrives; worker: "
+         "the newest when the worker takes it (the old behaviour)", RUNTIME, choices=("arrival", "worker")),
+    _i("max_batch", 16, 1, 256, "most instructions on one frame answered in one batched query"),
+    _f("depth_tolerance", 0.015, 0.0, 1.0, "seconds; a depth image pairs with the colour frame stamped within "
+       "this of it"),
+    _f("min_depth", 0.1, 0.0, 1000.0, "metres; nearer depth pixels are invalid"),
+    _f("max_depth", 10.0, 0.0, 1000.0, "metres; farther depth pixels are invalid"),
+    Spec("publish_points", True, "publish the target's 3D points on `points` (PointCloud2) while someone listens",
+         RUNTIME, bool),
+    Spec("publish_markers", True, "publish boxes and labels on `markers` (MarkerArray) while someone listens",
+         RUNTIME, bool),
+    _f("marker_lifetime", 1.0, 0.0, 3600.0, "seconds a marker stays in rviz without a new answer (0 = forever)"),
+    Spec("standing_instructions", [], "instructions answered on new frames (at most standing_rate) while active, "
+         "results on `result` with ids standing-0, standing-1, ...", RUNTIME, list, 0, 32),
+    _f("standing_rate", 1.0, 0.0, 1000.0, "answers per second at most for standing_instructions (0 = every frame)"),
     _f("image_stamp_wait", 0.5, 0.0, 10.0, "seconds to wait for a frame named by an image_stamp newer than every "
        "frame received"),
     _i("max_image_side", 4096, 0, 65535, "images with a longer side are BAD_IMAGE (0 = no limit)"),
@@ -127,6 +146,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("publish_overlay", True, "publish the tinted debug image on `overlay`", RUNTIME, bool),
     # --- startup
     Spec("autostart", True, "configure and activate at start (no lifecycle manager needed)", STARTUP, bool),
+    _f("diagnostics_period", 1.0, 0.1, 60.0, "seconds between /diagnostics messages", STARTUP),
 )
 SPEC = {spec.name: spec for spec in SPECS}
 PRESET_PARAMETERS = tuple(spec.name for spec in SPECS if spec.preset_key)
@@ -139,6 +159,10 @@ def coerce(name: str, value: Any) -> Any:
     1.0 instead of failing at start; types are checked here instead.
     """
     kind = SPEC[name].kind
+    if kind is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise ValueError(f"{name} must be a list of strings, got {value!r}")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
@@ -156,6 +180,13 @@ def check(name: str, value: Any) -> str | None:
         return str(error)
     if spec.kind is float and not math.isfinite(value):
         return f"{name} must be a finite number, got {value}"
+    if spec.kind is list:
+        if len(value) > spec.high:
+            return f"{name} holds at most {spec.high} entries, got {len(value)}"
+        for item in value:
+            if not item.strip():
+                return f"{name} has an empty instruction"
+        return None
     if spec.low is not None and not spec.low <= value <= spec.high:
         return f"{name} must be in [{spec.low}, {spec.high}], got {value}"
     if spec.choices and value not in spec.choices:
@@ -199,6 +230,7 @@ class NodeParameters:
         self.runtime = {spec.name: spec.default for spec in SPECS if spec.phase == RUNTIME}
         self.explicit: set[str] = set()
         self.start_errors: dict[str, str] = {}
+        self.listeners: list[Callable[[set[str]], None]] = []  # told which runtime values changed
         overrides = getattr(node, "_parameter_overrides", {})  # rclpy has no public accessor
         for spec in SPECS:
             try:
@@ -232,14 +264,18 @@ class NodeParameters:
             error = check(spec.name, parameter.value)
             if error:
                 return SetParametersResult(successful=False, reason=error)
+        changed = set()
         with self._lock:
             for parameter in parameter_list:
                 if parameter.name in self.runtime:
                     self.runtime[parameter.name] = coerce(parameter.name, parameter.value)
+                    changed.add(parameter.name)
                 if not internal and parameter.name in SPEC:
                     self.start_errors.pop(parameter.name, None)
                     if SPEC[parameter.name].preset_key:
                         self.explicit.add(parameter.name)
+        for listener in self.listeners:
+            listener(changed)
         return SetParametersResult(successful=True)
 
     def value(self, name: str) -> Any:
@@ -272,6 +308,8 @@ class NodeParameters:
             self._internal.active = False
         with self._lock:
             self.runtime = {name: values[name] for name in self.runtime}
+        for listener in self.listeners:
+            listener(set(self.runtime))
 
     def snapshot(self) -> dict[str, Any]:
         """The runtime values now (one consistent copy for one instruction)."""

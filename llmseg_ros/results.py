@@ -29,14 +29,15 @@ def status_name(status: int) -> str:
 def status_result(instruction_id: str, text: str, status: int, error: str = "", header: Any = None) -> SegmentationResult:
     """A result that carries only a status (and the frame's header when there was one)."""
     result = SegmentationResult(instruction_id=instruction_id, instruction_text=text, status=status,
-                                status_name=status_name(status), error=error)
+                                status_name=status_name(status), error=error, depth_status_name="DEPTH_OFF")
     if header is not None:
         result.header = header
     return result
 
 
-def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_labels: bool) -> np.ndarray:
-    """Put a model Result (llmseg_model.modeling.outputs.Result) into `result`; returns the label array.
+def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Put a model Result (llmseg_model.modeling.outputs.Result) into `result`; returns the label
+    array and the instance masks in the order of result.instances.
 
     Instances are the Result's objects (merged proposals), ordered best IoP first and numbered 1..N
     in the label image; each keeps its whole box, and its area counts the pixels it owns after
@@ -64,7 +65,7 @@ def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_label
         ))
     result.instances = instances
     result.answer = answer.answer
-    return labels
+    return labels, masks[order]
 
 
 def timings(stages: dict[str, float]) -> list[StageTiming]:

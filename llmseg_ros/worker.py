@@ -1,7 +1,9 @@
 """A single inference thread fed by a bounded FIFO queue.
 
-The executor threads only enqueue; the model runs here, one job at a time, so a slow model never
-blocks image callbacks or lifecycle services, and the queue bound keeps memory and latency bounded.
+The executor threads only enqueue; the model runs here, so a slow model never blocks image
+callbacks or lifecycle services, and the queue bound keeps memory and latency bounded. The handler
+gets the oldest job and may `take` further queued jobs that can share its work (instructions on the
+same frame, answered in one batch).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ class Worker(Generic[Job]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> bool:
-        """Queue a job; False (and the job is not queued) when the queue is full or stopping."""
+    def submit(self, job: Job, bounded: bool = True) -> bool:
+        """Queue a job; False (and the job is not queued) when the queue is full or stopping.
+        `bounded=False` skips the size check, for jobs whose number is bounded elsewhere (standing
+        instructions: at most one in flight each)."""
         with self._cond:
-            if self._stopping or len(self._queue) >= self.max_queue:
+            if self._stopping or (bounded and len(self._queue) >= self.max_queue):
                 return False
             self._queue.append(job)
             self._cond.notify()
@@ -46,6 +50,24 @@ class Worker(Generic[Job]):
             jobs = list(self._queue)
             self._queue.clear()
             return jobs
+
+    def take(self, wanted: Callable[[Job], bool], limit: int) -> list[Job]:
+        """Remove and return up to `limit` queued jobs for which `wanted(job)` is true, oldest first
+        (called by the handler to answer them together with the job it runs)."""
+        taken: list[Job] = []
+        with self._cond:
+            for job in list(self._queue):
+                if len(taken) >= limit:
+                    break
+                if wanted(job):
+                    taken.append(job)
+                    self._queue.remove(job)
+        return taken
+
+    def queued(self) -> int:
+        """Jobs waiting (not counting the ones running)."""
+        with self._cond:
+            return len(self._queue)
 
     def cancel(self, job: Job) -> bool:
         """Take a job out of the queue before it runs; False when it already ran or is running."""
