@@ -2,8 +2,9 @@
 
 Two nodes: one with randomly initialised tiny weights (written by the shared conftest fixtures),
 which exercises every path through the model whatever the weights say (topic and service paths,
-several instructions on one frame, frames named by stamp from the feature cache, the queue bound,
-runtime thresholds, debug images, compressed input, a 1280x720 result with 50 instances); and one
+several instructions on one frame, a burst answered as one batch, frames bound on arrival, frames
+named by stamp from the feature cache, the queue bound, runtime thresholds, debug images,
+compressed input, a 1280x720 result with 50 instances); and one
 with the shipped trained tiny weights, which must find the right object in a procedural scene it
 never saw and agree with the library, the preset's fallback rule included.
 """
@@ -11,6 +12,7 @@ never saw and agree with the library, the preset's fallback rule included.
 from __future__ import annotations
 
 import io
+import itertools
 import time
 
 import numpy as np
@@ -250,21 +252,121 @@ def test_hd_result_with_50_instances_fits_the_transport(untrained_node):
     assert size < 4 * 1024 * 1024, size
 
 
+_holds = itertools.count()
+
+
+def while_worker_held(client, send, attempts: int = 3):
+    """Call send(attempt) while the node's worker is held, and return what it returns.
+
+    The worker is held by an instruction naming a frame an hour ahead: it waits image_stamp_wait
+    (set to 8 s here) for that frame and answers NO_IMAGE, so whatever send() publishes meanwhile
+    is queued. Held is checked, not assumed: if the hold's answer came before send() was done (a
+    very slow machine), the attempt does not count and is made again.
+    """
+    assert client.set_parameters(image_stamp_wait=8.0)[0].successful
+    try:
+        for attempt in range(attempts):
+            hold = f"hold-{next(_holds)}"
+            client.instruct(hold, "the red ball", image_stamp=stamp_now(3600.0))
+            time.sleep(0.5)  # the worker takes it (or it queues first behind older work: as good)
+            sent = send(attempt)
+            held = not client.results.get(hold)
+            assert status_of(client.wait_result(hold, timeout=120)) == "NO_IMAGE"
+            if held:
+                return sent
+    finally:
+        assert client.set_parameters(image_stamp_wait=0.5)[0].successful
+    pytest.fail(f"the worker was never held while {attempts} bursts were sent")
+
+
 def test_bounded_queue_answers_every_instruction(untrained_node):
+    """max_queue wait while the worker is busy; the rest are answered QUEUE_FULL at once."""
     node, client = untrained_node
-    client.publish_image(rgb_image(scene(seed=6)))
-    ids = [f"burst-{i}" for i in range(12)]
-    for instruction_id in ids:
-        client.instruct(instruction_id, "the red ball")
+    max_queue = client.get_parameters("max_queue")["max_queue"]
+
+    def send(attempt: int) -> list[str]:
+        client.publish_image(rgb_image(scene(seed=6)))
+        ids = [f"queue-{attempt}-{i}" for i in range(max_queue + 4)]
+        for instruction_id in ids:
+            client.instruct(instruction_id, "the red ball")
+        return ids
+
+    ids = while_worker_held(client, send)
     results = [client.wait_result(i, timeout=180) for i in ids]
     statuses = [status_of(r) for r in results]
-    assert "QUEUE_FULL" in statuses, statuses  # max_queue is 4 and the worker is busy
-    assert "OK" in statuses
-    assert set(statuses) <= {"OK", "QUEUE_FULL"}
-    full = next(r for r in results if status_of(r) == "QUEUE_FULL")
-    assert "already queued" in full.error
+    assert statuses == ["OK"] * max_queue + ["QUEUE_FULL"] * 4, statuses
+    assert "already queued" in results[-1].error
     time.sleep(0.5)
     assert all(len(client.results[i]) == 1 for i in ids)
+
+
+def test_a_burst_on_one_frame_is_one_proposal_pass_and_one_batch(untrained_node):
+    """Eight instructions queued on one frame: one prepare and one query_batch answer them all,
+    each with its own id, text and timings; one the library refuses (an added token the node's
+    own check lets through) is answered BAD_INSTRUCTION and spoils nothing for the others."""
+    node, client = untrained_node
+    texts = ["the red ball", "something I could roll", "the largest box", "every ball", "the ring",
+             "the bar on the left", "a </s> token", "the small wedge"]
+    image = rgb_image(scene(seed=13), frame_id="burst_cam")
+
+    def send(attempt: int) -> list[str]:
+        image.header.stamp = stamp_now()
+        client.publish_image(image)
+        ids = [f"batch-{attempt}-{i}" for i in range(len(texts))]
+        for instruction_id, text in zip(ids, texts):
+            client.instruct(instruction_id, text)
+        return ids
+
+    ids = while_worker_held(client, send)
+    results = {i: client.wait_result(i, timeout=180) for i in ids}
+    bad = results.pop(ids[6])
+    assert status_of(bad) == "BAD_INSTRUCTION" and "</s>" in bad.error
+    assert bad.header.stamp == image.header.stamp
+    for (instruction_id, result), text in zip(results.items(), [t for t in texts if "</s>" not in t]):
+        check_answer(result, 96, 128)
+        assert result.instruction_id == instruction_id and result.instruction_text == text
+        assert result.header.stamp == image.header.stamp
+        assert result.batch_size == 7  # all good ones in one query_batch
+        assert not result.frame_cached  # they all waited for the same proposal pass ...
+    proposals = {next(t.seconds for t in r.timings if t.stage == "proposals") for r in results.values()}
+    assert len(proposals) == 1  # ... which ran once: one shared stage time
+    queue = [next(t.seconds for t in r.timings if t.stage == "queue") for r in results.values()]
+    assert queue == sorted(queue, reverse=True)  # each its own wait: the first sent waited longest
+    time.sleep(0.5)
+    assert all(len(client.results[i]) == 1 for i in ids)
+
+
+def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
+    """frame A, instruction 1, frame B, instruction 2, all while the worker is busy: 1 is about
+    A and 2 about B (frame_binding: arrival). With frame_binding: worker (the old behaviour) both
+    are about B, the newest when the worker takes them, and are answered as one batch."""
+    node, client = untrained_node
+    frames = {}
+
+    def send(attempt: int) -> list[str]:
+        frames["a"] = rgb_image(scene(seed=14), frame_id="frame_a")
+        client.publish_image(frames["a"])
+        client.instruct(f"bind-{attempt}-a", "the red ball")
+        frames["b"] = rgb_image(scene(seed=15), frame_id="frame_b")
+        client.publish_image(frames["b"])
+        client.instruct(f"bind-{attempt}-b", "the red ball")
+        return [f"bind-{attempt}-a", f"bind-{attempt}-b"]
+
+    first, second = (client.wait_result(i, timeout=180) for i in while_worker_held(client, send))
+    check_answer(first, 96, 128)
+    check_answer(second, 96, 128)
+    assert (first.header.frame_id, second.header.frame_id) == ("frame_a", "frame_b")
+    assert first.header.stamp == frames["a"].header.stamp and second.header.stamp == frames["b"].header.stamp
+
+    assert client.set_parameters(frame_binding="worker")[0].successful
+    try:
+        ids = while_worker_held(client, lambda attempt: send(attempt + 10))
+        first, second = (client.wait_result(i, timeout=180) for i in ids)
+    finally:
+        assert client.set_parameters(frame_binding="arrival")[0].successful
+    assert (first.header.frame_id, second.header.frame_id) == ("frame_b", "frame_b")
+    assert first.header.stamp == second.header.stamp == frames["b"].header.stamp
+    assert first.batch_size == second.batch_size == 2
 
 
 def test_compressed_input_through_the_model(untrained_node):
