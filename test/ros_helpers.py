@@ -166,6 +166,7 @@ class RosClient:
         self.text_pub = self.node.create_publisher(String, "instruction_text", INSTRUCTION_QOS)
         self._lock = threading.Condition()
         self.results: dict[str, list[Any]] = defaultdict(list)
+        self.arrivals: dict[str, float] = {}  # time.monotonic() when an id's first result arrived
         self._used_clients: set[Any] = set()
         self.masks: list[Any] = []
         self.overlays: list[Any] = []
@@ -200,6 +201,7 @@ class RosClient:
 
     def _on_result(self, msg: Any) -> None:
         with self._lock:
+            self.arrivals.setdefault(msg.instruction_id, time.monotonic())
             self.results[msg.instruction_id].append(msg)
             self._lock.notify_all()
 
