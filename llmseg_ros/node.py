@@ -336,10 +336,9 @@ class SegmentationNode(LifecycleNode):
         store = self._frames
         frame = self._frame(msg, store.arrived(info))
         store.add_colour(frame, int(self.parameters["depth_tolerance"] * NS))
-        if not frame.error:
-            for task in self._standing.due(frame.seq):
-                self._submit(Job(id=task.id, text=task.text, image_stamp_ns=0, received=time.monotonic(),
-                                 reply=task.deliver, phrase=task.phrase, standing=task), bounded=False)
+        worker = self._worker
+        if worker is not None and worker.pending() == 0:  # busy: the worker schedules them when done
+            self._schedule_standing(frame)
 
     @guarded
     def _on_depth(self, msg: Image) -> None:
@@ -462,6 +461,10 @@ class SegmentationNode(LifecycleNode):
             for member in members:
                 if not member.replied:
                     self._answer(member, self._status(member.job, SegmentationResult.MODEL_ERROR, repr(error)))
+        try:
+            self._schedule_standing(self._frames.buffer.newest())
+        except Exception:
+            self.get_logger().error(f"standing instructions could not be scheduled:\n{traceback.format_exc()}")
 
     def _run_batch(self, head: Job, members: list[Member]) -> None:
         runtime = self.parameters.snapshot()
@@ -698,6 +701,18 @@ class SegmentationNode(LifecycleNode):
                 self._markers_pub.publish(array)
 
     # ------------------------------------------------------------------ standing instructions
+    def _schedule_standing(self, frame: Frame | None) -> None:
+        """Queue the standing instructions due on a frame, bound to it. Called for a new frame
+        while the worker is idle, and by the worker after each batch for the newest frame, so
+        tasks that are due together share one proposal pass and one batched query."""
+        if frame is None or frame.error or frame.seq is None:
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        for task in self._standing.due(frame.seq):
+            self._submit(Job(id=task.id, text=task.text, image_stamp_ns=0, received=time.monotonic(),
+                             reply=task.deliver, phrase=task.phrase, standing=task, bound=frame, bound_ns=now_ns),
+                         bounded=False)
+
     def _on_runtime_change(self, names: set[str]) -> None:
         """The standing_instructions parameter: one task per entry, results on `result`."""
         if not names & {"standing_instructions", "standing_rate"}:

@@ -1,11 +1,12 @@
 """Standing instructions: answered again on new frames, at most at a rate, until stopped.
 
 They come from the Track action (one task per goal, results as feedback) and from the
-`standing_instructions` parameter (results on the `result` topic). The image callback asks which
-tasks are due on each new frame; a due task gets one job, and never a second while one is in
-flight, so a slow model skips frames instead of growing a queue. Answers fall on the first frame of
-each 1/rate slot of one clock, so tasks with the same rate are due on the same frame and the worker
-answers them with one proposal pass and one batched query.
+`standing_instructions` parameter (results on the `result` topic). The node asks which tasks are
+due on a frame when the frame arrives while the worker is idle, and after each batch for the
+newest frame; a due task gets one job, and never a second while one is in flight, so a slow model
+skips frames instead of growing a queue, and tasks that are due together are answered with one
+proposal pass and one batched query. A task answers at most once in each 1/rate slot of one clock
+(and at least half a slot after its last answer), so tasks with the same rate fall due together.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StandingTask:
     origin: str = "action"  # "action" | "parameter"
     in_flight: bool = False
     last_slot: int = -1
+    last_start: float = -math.inf  # clock time of the last job made
     last_seq: int = -1  # newest frame (FrameStore sequence number) a job was made on
     closed: bool = False  # ended: what is still in flight is not delivered
     ended: threading.Event = field(default_factory=threading.Event)
@@ -102,9 +104,9 @@ class StandingTasks:
                 if task.in_flight or frame_seq <= task.last_seq:
                     continue
                 slot = math.floor(now * task.rate) if task.rate > 0 else frame_seq
-                if slot <= task.last_slot:
+                if slot <= task.last_slot or (task.rate > 0 and now - task.last_start < 0.5 / task.rate):
                     continue
-                task.in_flight, task.last_slot, task.last_seq = True, slot, frame_seq
+                task.in_flight, task.last_slot, task.last_seq, task.last_start = True, slot, frame_seq, now
                 due.append(task)
         return due
 

@@ -174,6 +174,11 @@ class RosClient:
         self.node.create_subscription(Image, "mask", self._on_mask, DEBUG_IMAGE_QOS)
         self.node.create_subscription(Image, "overlay", self._on_overlay, DEBUG_IMAGE_QOS)
         self.segment_client = self.node.create_client(Segment, "segment")
+        self._track_client: Any = None
+        self.diagnostics: list[Any] = []  # this node's DiagnosticStatus messages, oldest first
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.change_state_client = self.node.create_client(ChangeState, f"{self.target}/change_state")
         self.get_state_client = self.node.create_client(GetState, f"{self.target}/get_state")
         self.set_parameters_client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
@@ -203,6 +208,12 @@ class RosClient:
         with self._lock:
             self.arrivals.setdefault(msg.instruction_id, time.monotonic())
             self.results[msg.instruction_id].append(msg)
+            self._lock.notify_all()
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        with self._lock:
+            self.diagnostics += [s for s in msg.status if s.name.endswith(f": {self.target}")]
+            del self.diagnostics[:-50]
             self._lock.notify_all()
 
     def _on_mask(self, msg: Any) -> None:
@@ -334,11 +345,64 @@ class RosClient:
             request.image = image
         return self.call(self.segment_client, request, timeout).result
 
+    def track(self, text: str, rate: float = 0.0, duration: float = 0.0, goal_id: str = "", phrase: bool = False,
+              timeout: float = 60.0) -> "TrackGoal":
+        """Send a Track goal to the node; the goal's feedback is collected as it arrives."""
+        from rclpy.action import ActionClient
+
+        from llmseg_interfaces.action import Track
+
+        if self._track_client is None:
+            self._track_client = ActionClient(self.node, Track, "track")
+            if not self._track_client.wait_for_server(timeout_sec=timeout):
+                raise TimeoutError("the Track action server did not appear")
+            time.sleep(DISCOVERY_GRACE)  # discovery is two-sided (see call)
+        goal = TrackGoal(self)
+        future = self._track_client.send_goal_async(
+            Track.Goal(id=goal_id, text=text, phrase=phrase, rate=rate, duration=duration), goal.on_feedback)
+        self.wait_for(future.done, timeout, "the Track goal to be accepted")
+        goal.handle = future.result()
+        if not goal.handle.accepted:
+            raise AssertionError("the node rejected a Track goal")
+        goal.result_future = goal.handle.get_result_async()
+        return goal
+
     def __enter__(self) -> "RosClient":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class TrackGoal:
+    """One Track goal sent by a RosClient: its feedback results, cancel, and its final result."""
+
+    def __init__(self, client: RosClient) -> None:
+        self.client = client
+        self.handle: Any = None
+        self.result_future: Any = None
+        self.feedback: list[Any] = []  # SegmentationResult, in arrival order
+
+    def on_feedback(self, msg: Any) -> None:
+        with self.client._lock:
+            self.feedback.append(msg.feedback.result)
+            self.client._lock.notify_all()
+
+    def wait_feedback(self, count: int, timeout: float = 120.0) -> list[Any]:
+        with self.client._lock:
+            if not self.client._lock.wait_for(lambda: len(self.feedback) >= count, timeout):
+                raise TimeoutError(f"{len(self.feedback)} feedback results of {count} within {timeout} s")
+            return list(self.feedback)
+
+    def cancel(self, timeout: float = 60.0) -> None:
+        future = self.handle.cancel_goal_async()
+        self.client.wait_for(future.done, timeout, "the cancel response")
+
+    def result(self, timeout: float = 120.0) -> tuple[int, Any]:
+        """(GoalStatus value, Track.Result) once the goal has ended."""
+        self.client.wait_for(self.result_future.done, timeout, "the Track goal's result")
+        response = self.result_future.result()
+        return response.status, response.result
 
 
 def stamp_now(offset: float = 0.0) -> Any:
@@ -354,3 +418,63 @@ def rgb_image(rgb: np.ndarray, stamp: Any = None, frame_id: str = "camera") -> A
     from std_msgs.msg import Header
 
     return rgb_to_image(rgb, Header(stamp=stamp if stamp is not None else stamp_now(), frame_id=frame_id))
+
+
+def depth_image(depth: np.ndarray, stamp: Any, frame_id: str = "camera", encoding: str = "32FC1") -> Any:
+    """A depth array as sensor_msgs/Image: 32FC1 (metres, float32) or 16UC1 (millimetres, uint16)."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    pixels = np.ascontiguousarray(depth.astype(np.float32 if encoding == "32FC1" else np.uint16))
+    height, width = pixels.shape
+    return Image(header=Header(stamp=stamp, frame_id=frame_id), height=height, width=width, encoding=encoding,
+                 is_bigendian=sys.byteorder == "big", step=width * pixels.itemsize, data=pixels.tobytes())
+
+
+def camera_info(fx: float, fy: float, cx: float, cy: float, width: int, height: int, stamp: Any,
+                frame_id: str = "camera") -> Any:
+    """A pinhole sensor_msgs/CameraInfo (no distortion)."""
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    return CameraInfo(header=Header(stamp=stamp, frame_id=frame_id), width=width, height=height,
+                      distortion_model="plumb_bob", d=[0.0] * 5, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+                      r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+class Camera:
+    """Publishes frames (and, if given, their depth images and camera info, same stamps) at a rate
+    on a thread of its own, each with a fresh stamp; `published` lists the stamps sent."""
+
+    def __init__(self, client: RosClient, images: list[np.ndarray], rate: float = 10.0,
+                 depths: list[np.ndarray] | None = None, info: Any = None, frame_id: str = "camera") -> None:
+        self.client, self.images, self.rate, self.depths, self.info = client, images, rate, depths, info
+        self.frame_id = frame_id
+        self.published: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from sensor_msgs.msg import CameraInfo, Image
+
+        depth_pub = self.client.node.create_publisher(Image, "depth_image", 10) if self.depths else None
+        info_pub = self.client.node.create_publisher(CameraInfo, "depth_info", 10) if self.depths else None
+        k = 0
+        while not self._stop.is_set():
+            stamp = stamp_now()
+            if depth_pub is not None:
+                self.info.header.stamp = stamp
+                info_pub.publish(self.info)
+                depth_pub.publish(depth_image(self.depths[k % len(self.depths)], stamp, self.frame_id))
+            self.client.image_pub.publish(rgb_image(self.images[k % len(self.images)], stamp, self.frame_id))
+            self.published.append(stamp)
+            k += 1
+            self._stop.wait(1.0 / self.rate)
+
+    def __enter__(self) -> "Camera":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
