@@ -63,7 +63,7 @@ class DepthFrame:
     msg: Any  # sensor_msgs/Image (16UC1 / 32FC1); None when refused (see error)
     header: Any
     stamp_ns: int
-    info: Any = None  # sensor_msgs/CameraInfo, None when none had arrived
+    info: Any = None  # its sensor_msgs/CameraInfo, found when the worker first uses it
     received: float = field(default_factory=time.monotonic)
     error: str = ""  # why it cannot be used (DEPTH_BAD), found from the header
     metres: Any = None  # decoded float32 metres (NaN = invalid), filled by the worker on first use
@@ -211,7 +211,7 @@ class FrameStore:
     def __init__(self, size: int, seconds: float, cache_size: int) -> None:
         self.buffer = FrameBuffer(size, seconds)
         self.depth = FrameBuffer(size, seconds)  # DepthFrames, for colour frames that arrive after them
-        self.camera_info: Any = None  # the newest sensor_msgs/CameraInfo of the depth stream
+        self.infos: collections.deque[tuple[int, Any]] = collections.deque(maxlen=16)  # (stamp ns, CameraInfo)
         self.cache: collections.OrderedDict[int, CachedFrame] = collections.OrderedDict()  # worker thread only
         self.cache_size = cache_size
         self.drops = DropCounter()
@@ -249,6 +249,25 @@ class FrameStore:
             if gap <= tolerance_ns and (frame.depth is None or gap < abs(frame.stamp_ns - frame.depth.stamp_ns)):
                 frame.depth = depth
 
+    def add_info(self, info: Any) -> None:
+        stamp = stamp_to_ns(info.header.stamp)
+        self.infos.append((stamp if stamp is not None else -1, info))
+
+    @property
+    def camera_info(self) -> Any:
+        """The newest CameraInfo of the depth stream (None before the first)."""
+        infos = list(self.infos)
+        return infos[-1][1] if infos else None
+
+    def info_for(self, stamp_ns: int, tolerance_ns: int) -> Any:
+        """The CameraInfo stamped with a depth image (within the tolerance), else the newest: the
+        intrinsics rarely change, and the two topics' callbacks may run in either order."""
+        infos = list(self.infos)
+        if not infos:
+            return None
+        nearest = min(infos, key=lambda entry: abs(entry[0] - stamp_ns))
+        return nearest[1] if abs(nearest[0] - stamp_ns) <= tolerance_ns else infos[-1][1]
+
     def remember(self, frame: Frame, features: Any, rgb: Any) -> None:
         if frame.seq is None:  # a service request's own image
             return
@@ -261,7 +280,7 @@ class FrameStore:
         self.cache.clear()
         self.buffer.clear()
         self.depth.clear()
-        self.camera_info = None
+        self.infos.clear()
 
     def pick(self, image_stamp_ns: int, runtime: dict[str, Any], now_ns: int) -> Pick:
         """The newest frame, or the one named by stamp. Validity is checked before staleness: a

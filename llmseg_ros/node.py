@@ -344,13 +344,12 @@ class SegmentationNode(LifecycleNode):
     def _on_depth(self, msg: Image) -> None:
         """Keep a depth image (checked from its header) and pair it with its colour frame by stamp."""
         store = self._frames
-        depth = spatial.make_depth_frame(msg, store.camera_info, self.parameters["max_image_bytes"],
-                                         self.get_clock().now().nanoseconds)
+        depth = spatial.make_depth_frame(msg, self.parameters["max_image_bytes"], self.get_clock().now().nanoseconds)
         store.add_depth(depth, int(self.parameters["depth_tolerance"] * NS))
 
     @guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._frames.camera_info = msg
+        self._frames.add_info(msg)
 
     def _frame(self, msg: Image | CompressedImage, seq: int | None) -> Frame:
         limits = self.parameters["max_image_side"], self.parameters["max_image_bytes"]
@@ -621,7 +620,7 @@ class SegmentationNode(LifecycleNode):
             spatial.set_depth_status(result, SegmentationResult.DEPTH_MISSING, "a service call's own image has no depth")
             return None
         if depth is not None and depth.info is None:
-            depth.info = self._frames.camera_info  # the depth image arrived before any camera info
+            depth.info = self._frames.info_for(depth.stamp_ns, int(runtime["depth_tolerance"] * NS))
         status, why = spatial.match_problem(depth, self._frames, frame.stamp_ns, runtime["depth_tolerance"])
         union = None
         if status != SegmentationResult.DEPTH_OK:

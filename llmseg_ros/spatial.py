@@ -55,11 +55,11 @@ def check_depth_image(msg: Any, max_bytes: int) -> str:
     return ""
 
 
-def make_depth_frame(msg: Any, info: Any, max_bytes: int, now_ns: int) -> DepthFrame:
+def make_depth_frame(msg: Any, max_bytes: int, now_ns: int) -> DepthFrame:
     """A DepthFrame for a received depth image (refused data is not kept)."""
     stamp = stamp_to_ns(msg.header.stamp)
     error = f"depth header stamp is negative ({msg.header.stamp.sec} s)" if stamp is None else check_depth_image(msg, max_bytes)
-    return DepthFrame(None if error else msg, msg.header, stamp or now_ns, info=info, error=error)
+    return DepthFrame(None if error else msg, msg.header, stamp or now_ns, error=error)
 
 
 def depth_metres(depth: DepthFrame, min_depth: float, max_depth: float) -> np.ndarray:
