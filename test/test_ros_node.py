@@ -311,6 +311,12 @@ def test_missing_weights(ros_env, tmp_path):
         result = client.wait_result("needs-model", timeout=120)
         assert status_of(result) == "MODEL_ERROR"
         assert "weights.sam_checkpoint" in result.error  # names the setting to fix
+        # /diagnostics says so: ERROR, with the reason
+        client.wait_for(lambda: client.diagnostics and client.diagnostics[-1].level == b"\x02", 30,
+                        "an ERROR on /diagnostics")
+        status = client.diagnostics[-1]
+        assert "weights.sam_checkpoint" in status.message
+        assert {kv.key: kv.value for kv in status.values}["model"] == "failed to load"
 
         assert client.change_state("deactivate") and client.change_state("cleanup")
         assert client.set_parameters(lazy_model_load=False)[0].successful
