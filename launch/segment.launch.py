@@ -7,6 +7,8 @@ Launch arguments:
     params_file  node parameters (default: the package's config/llmseg_node.yaml)
     namespace    namespace of the node and its topics (default: none)
     image        image topic to subscribe to, remapped onto the node's `image` (default: image)
+    depth_image  aligned depth image topic, remapped onto `depth_image` (used with use_depth: true)
+    depth_info   its CameraInfo topic, remapped onto `depth_info`
     preset       tiny | paper; overrides the params file's preset (default: "" = keep it)
     autostart    configure and activate at start (default: true); false leaves it to a lifecycle manager
     log_level    ROS log level (default: info)
@@ -68,7 +70,9 @@ def node_actions(context, *args, **kwargs):
             name="llmseg",
             namespace=LaunchConfiguration("namespace"),
             parameters=parameters,
-            remappings=[("image", LaunchConfiguration("image"))],
+            remappings=[("image", LaunchConfiguration("image")),
+                        ("depth_image", LaunchConfiguration("depth_image")),
+                        ("depth_info", LaunchConfiguration("depth_info"))],
             ros_arguments=["--log-level", LaunchConfiguration("log_level")],
             output="screen",
             emulate_tty=True,
@@ -82,6 +86,10 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("params_file", default_value=default_params_file(), description="node parameters YAML"),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument("image", default_value="image", description="image topic, remapped onto `image`"),
+            DeclareLaunchArgument("depth_image", default_value="depth_image",
+                                  description="aligned depth image topic (with use_depth: true)"),
+            DeclareLaunchArgument("depth_info", default_value="depth_info",
+                                  description="the depth image's CameraInfo topic"),
             DeclareLaunchArgument("preset", default_value="", description="tiny | paper; empty keeps the params file's"),
             DeclareLaunchArgument("autostart", default_value="true", description="configure and activate at start"),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),

@@ -704,7 +704,7 @@ class SegmentationNode(LifecycleNode):
         """Queue the standing instructions due on a frame, bound to it. Called for a new frame
         while the worker is idle, and by the worker after each batch for the newest frame, so
         tasks that are due together share one proposal pass and one batched query."""
-        if frame is None or frame.error or frame.seq is None:
+        if frame is None or frame.error or frame.seq is None or not self._active:
             return
         now_ns = self.get_clock().now().nanoseconds
         for task in self._standing.due(frame.seq):

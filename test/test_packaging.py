@@ -70,12 +70,12 @@ def test_interface_package_declares_its_message_dependencies():
     declared = {e.text for e in manifest if e.tag in ("depend", "build_depend")}
     used = set()
     for path in (REPO / "llmseg_interfaces").glob("*/*.*"):
-        if path.suffix in (".msg", ".srv"):
+        if path.suffix in (".msg", ".srv", ".action"):
             used |= set(re.findall(r"^\s*([a-z_]+)/[A-Z]", path.read_text(), re.M))
     assert used and used <= declared
     cmake = (REPO / "llmseg_interfaces" / "CMakeLists.txt").read_text()
     files = sorted(str(p.relative_to(REPO / "llmseg_interfaces")) for p in (REPO / "llmseg_interfaces").glob("*/*.*")
-                   if p.suffix in (".msg", ".srv"))
+                   if p.suffix in (".msg", ".srv", ".action"))
     for name in files:
         assert f'"{name}"' in cmake, f"{name} is not in rosidl_generate_interfaces"
 
