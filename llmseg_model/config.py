@@ -61,8 +61,9 @@ def check_fields(config: Any, prefix: str = "") -> None:
         value, key = getattr(config, f.name), prefix + f.name
         check_type(hints[f.name], value, key)
         choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if choices is not None and item not in choices:
+                raise ValueError(f"{key} must be {'' if item is value else 'a list of '}one of {', '.join(choices)}; got {item!r}")
         for name, (compare, symbol) in BOUNDS.items():
             if name in f.metadata and not compare(value, f.metadata[name]):
                 raise ValueError(f"{key} must be {symbol} {f.metadata[name]}, got {value!r}")
@@ -110,12 +111,14 @@ def from_mapping(cls: type, data: Any, where: str = "") -> Any:
     kwargs = {name: _from_value(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required field left out
+    except TypeError as err:  # a required setting left out
         raise ValueError(f"{where.rstrip('.') or cls.__name__}: {err}") from None
 
 
 def _from_value(hint: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if not dataclasses.is_dataclass(hint):
+        check_type(hint, value, key)
     if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_mapping(hint, value, key + ".")
     if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
@@ -559,6 +562,22 @@ def preset_with_overrides(name: str, overrides: dict[str, Any]) -> LLMSegConfig:
     if not isinstance(overrides, Mapping):
         raise ValueError(f"model: expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
     return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), dict(overrides)))
+
+
+def model_settings(preset: str, overrides: dict[str, Any], key: str = "model") -> LLMSegConfig:
+    """`preset_with_overrides` for a job config whose `key` field holds the overrides: errors in
+    them name the setting as the job's YAML and command line do (model.vlm.answer_mode)."""
+    base = preset_config(preset)
+    try:
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
+        return LLMSegConfig.from_dict(merge_nested(base.to_dict(), dict(overrides)))
+    except ValueError as err:
+        message = str(err)
+        part = message.split(".", 1)[0].split(":", 1)[0].split(" ", 1)[0]
+        if part in {f.name for f in dataclasses.fields(LLMSegConfig)}:
+            raise ValueError(f"{key}.{message}") from None
+        raise ValueError(f"{key}: {message.removeprefix('LLMSegConfig: ')}") from None
 
 
 def preset_config(name: str) -> LLMSegConfig:
