@@ -38,7 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from llmseg_model.cli import Command, check_data_paths, require_existing, run_command
+from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing, run_command
 from llmseg_model.config import SCORINGS, LLMSegConfig, bounded, check_fields, from_mapping, model_settings, one_of
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
@@ -83,7 +83,7 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.data:  # the short form replaces the list of mappings
-            self.datasets, self.data = parse_data(self.data), []
+            self.datasets, self.data = data_specs(self.data), []
         check_fields(self)
         if not self.methods or not self.modes:
             raise ValueError("give at least one method and one mode")
@@ -107,17 +107,6 @@ class BenchmarkConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def parse_data(texts: Sequence[str], key: str = "data") -> list[DatasetSpec]:
-    """Data set specs in their short form (DatasetSpec.parse); an error names the entry."""
-    specs = []
-    for i, text in enumerate(texts):
-        try:
-            specs.append(DatasetSpec.parse(text))
-        except ValueError as err:
-            raise ValueError(f"{key}[{i}] {text!r}: {err}") from None
-    return specs
 
 
 # ---------------------------------------------------------------------------------- baselines

@@ -30,7 +30,7 @@ PACKAGE_LOGGERS = ("llmseg_model", "llmseg_ros")
 BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 EPILOG = (
     "Settings come from the dataclass defaults (the preset's values for --model.*), then each --config "
-    "YAML file, then the options after it. Keys are dotted (--model.vlm.answer_mode verified); '-' may "
+    "YAML file, then the options after it. Keys are dotted (--model.proposals.top_k 20); '-' may "
     "stand for '_' (--cache-dir); a true/false option alone means true and --no-KEY false; a list option "
     "may be repeated (--data A --data B) or given as a YAML list."
 )
@@ -111,7 +111,7 @@ def parse_command(command: Command, argv: Sequence[str], prog: str | None = None
     if command.require_config and not config_files:
         raise ValueError(command.require_config)
     config = conf.loader(command.config)(data)
-    if command.check is not None:
+    if command.check is not None and not print_config:  # a config may be printed where its files are not
         command.check(config)
     return Parsed(config, verbosity, print_config)
 
@@ -188,6 +188,20 @@ def check_data_paths(specs: Sequence[Any], key: str) -> None:
         for name in ("path", "image_root"):
             if getattr(spec, name):
                 require_existing(f"{key}[{i}].{name}", getattr(spec, name), f"{spec.kind} data")
+
+
+def data_specs(texts: Sequence[str], key: str = "data") -> list[Any]:
+    """Data sets given in their short form (`DatasetSpec.parse`: kind:target[,key=value...]);
+    an error names the entry."""
+    from llmseg_model.data.mixing import DatasetSpec
+
+    specs = []
+    for i, text in enumerate(texts):
+        try:
+            specs.append(DatasetSpec.parse(text))
+        except ValueError as err:
+            raise ValueError(f"{key}[{i}] {text!r}: {err}") from None
+    return specs
 
 
 def new_folders(paths: Sequence[str | Path]) -> list[Path]:

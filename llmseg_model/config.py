@@ -11,6 +11,7 @@ import dataclasses
 import json
 import operator
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,13 +107,19 @@ def from_mapping(cls: type, data: Any, where: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where or cls.__name__ + ': '}unknown setting(s) {unknown}; known: {sorted(fields)}")
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: missing setting(s) {missing}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _from_value(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required setting left out
-        raise ValueError(f"{where.rstrip('.') or cls.__name__}: {err}") from None
+    except ValueError as err:  # from the class's own checks
+        if not where:
+            raise
+        raise ValueError(prefixed(str(err), where, cls)) from None
 
 
 def _from_value(hint: Any, value: Any, key: str) -> Any:
@@ -122,18 +129,21 @@ def _from_value(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_mapping(hint, value, key + ".")
     if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-        return [v if isinstance(v, args[0]) else _item(args[0], v, f"{key}[{i}].") for i, v in enumerate(value)]
+        return [v if isinstance(v, args[0]) else from_mapping(args[0], v, f"{key}[{i}].") for i, v in enumerate(value)]
     if (origin is tuple or hint is tuple) and isinstance(value, list):
         return tuple(value)
     return value
 
 
-def _item(cls: type, value: Any, where: str) -> Any:
-    try:
-        return from_mapping(cls, value, where)
-    except ValueError as err:
-        message = str(err)
-        raise ValueError(message if message.startswith(where) else f"{where.rstrip('.')}: {message}") from None
+def prefixed(message: str, where: str, cls: type) -> str:
+    """An error about dataclass `cls` named from where it sits ("sources[0]."): a message that
+    starts with one of its settings gets `where` in front, any other one "where: "."""
+    if message.startswith(where.rstrip(".")):
+        return message
+    first = re.split(r"[.: \[]", message, maxsplit=1)[0]
+    if first in {f.name for f in dataclasses.fields(cls)}:
+        return f"{where}{message}"
+    return f"{where.rstrip('.')}: {message.removeprefix(cls.__name__ + ': ')}"
 
 
 @dataclass
@@ -564,20 +574,17 @@ def preset_with_overrides(name: str, overrides: dict[str, Any]) -> LLMSegConfig:
     return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), dict(overrides)))
 
 
-def model_settings(preset: str, overrides: dict[str, Any], key: str = "model") -> LLMSegConfig:
-    """`preset_with_overrides` for a job config whose `key` field holds the overrides: errors in
-    them name the setting as the job's YAML and command line do (model.vlm.answer_mode)."""
-    base = preset_config(preset)
+def model_settings(preset: str | LLMSegConfig, overrides: dict[str, Any], key: str = "model") -> LLMSegConfig:
+    """`preset_with_overrides` for a job config whose `key` field holds the overrides (on a preset
+    name or on a config): errors in them name the setting as the job's YAML and command line do
+    (model.vlm.answer_mode)."""
+    base = preset if isinstance(preset, LLMSegConfig) else preset_config(preset)
     try:
         if not isinstance(overrides, Mapping):
             raise ValueError(f"expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
         return LLMSegConfig.from_dict(merge_nested(base.to_dict(), dict(overrides)))
     except ValueError as err:
-        message = str(err)
-        part = message.split(".", 1)[0].split(":", 1)[0].split(" ", 1)[0]
-        if part in {f.name for f in dataclasses.fields(LLMSegConfig)}:
-            raise ValueError(f"{key}.{message}") from None
-        raise ValueError(f"{key}: {message.removeprefix('LLMSegConfig: ')}") from None
+        raise ValueError(prefixed(str(err), f"{key}.", LLMSegConfig)) from None
 
 
 def preset_config(name: str) -> LLMSegConfig:

@@ -36,8 +36,16 @@ BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The comment of each field of a dataclass as written in its source: the comment lines right
-    above the field and the comment after it, joined into one sentence."""
+    """The comment of each field of a dataclass (and of the dataclasses it extends) as written in
+    its source: the comment lines right above the field and the comment after it, in one line."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            found.update(_class_comments(klass))
+    return found
+
+
+def _class_comments(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
