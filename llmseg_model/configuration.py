@@ -15,11 +15,11 @@ Types and choices are checked here while parsing; bounds and whatever the datacl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import io
 import json
 import re
-import textwrap
 import tokenize
 import typing
 from collections.abc import Callable, Sequence
@@ -41,15 +41,20 @@ def field_comments(cls: type) -> dict[str, str]:
     found: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):
-            found.update(_class_comments(klass))
+            try:
+                path = inspect.getsourcefile(klass)
+            except TypeError:
+                continue
+            if path:
+                found.update(source_comments(path).get(klass.__name__, {}))
     return found
 
 
-def _class_comments(cls: type) -> dict[str, str]:
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
+@functools.lru_cache(maxsize=None)
+def source_comments(path: str) -> dict[str, dict[str, str]]:
+    """Class name -> field -> comment, for the classes defined at the top level of a source file
+    (read once: --help and every parse document the fields with it)."""
+    source = Path(path).read_text()
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     comment: dict[int, str] = {}  # line -> its comment
     code: set[int] = set()  # lines holding code
@@ -58,11 +63,14 @@ def _class_comments(cls: type) -> dict[str, str]:
             comment[token.start[0]] = token.string.lstrip("#").strip()
         elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
             code.update(range(token.start[0], token.end[0] + 1))
-    names = {f.name for f in dataclasses.fields(cls)}
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
+    current = ""  # the class whose body is being read
     for i, token in enumerate(tokens[:-1]):
         following = tokens[i + 1]
-        if not (token.type == tokenize.NAME and token.start[1] == 4 and token.string in names
+        if token.type == tokenize.NAME and token.start[1] == 0:
+            current = following.string if token.string == "class" else ""
+            continue
+        if not (current and token.type == tokenize.NAME and token.start[1] == 4
                 and following.type == tokenize.OP and following.string == ":"):
             continue
         first = token.start[0]
@@ -74,7 +82,7 @@ def _class_comments(cls: type) -> dict[str, str]:
             line -= 1
         after = [comment[n] for n in range(first, last + 1) if n in comment]
         if above or after:
-            found[token.string] = " ".join(above + after)
+            found.setdefault(current, {})[token.string] = " ".join(above + after)
     return found
 
 
