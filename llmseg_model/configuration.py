@@ -30,8 +30,6 @@ import yaml
 
 from llmseg_model.config import BOUNDS, LLMSegConfig
 
-# Settings of the parser itself, not of the command's dataclass.
-PARSER_KEYS = ("config", "print_config", "verbose", "quiet")
 BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
 
 
@@ -118,7 +116,7 @@ def _is_dataclass_list(hint: Any) -> bool:
 
 @dataclasses.dataclass
 class Option:
-    """One option of a parser: its key, its kind (how a bare command-line use is read) and its help."""
+    """One option of a parser: its key and how the command line may spell it."""
 
     key: str
     # "bool" (`--key` alone is true), "list" (repeatable: `--key a --key b`), "items" (a list of
@@ -127,7 +125,7 @@ class Option:
 
 
 def add_fields(parser: Any, cls: type, prefix: str = "", defaults: dict[str, Any] | None = None,
-               skip: Sequence[str] = (), only: Sequence[str] | None = None, title: str | None = None) -> list[Option]:
+               skip: Sequence[str] = (), title: str | None = None) -> list[Option]:
     """Add one option per field of dataclass `cls` to a jsonargparse parser, nested dataclasses as
     dotted keys in a group of their own; `defaults` (a mapping like `dataclasses.asdict` gives)
     replaces the dataclass defaults. Returns the options added."""
@@ -137,7 +135,7 @@ def add_fields(parser: Any, cls: type, prefix: str = "", defaults: dict[str, Any
     options: list[Option] = []
     nested = []
     for f in dataclasses.fields(cls):
-        if f.name in skip or (only is not None and f.name not in only) or not f.init:
+        if f.name in skip or not f.init:
             continue
         hint, key = hints[f.name], prefix + f.name
         default = defaults[f.name] if defaults is not None and f.name in defaults else _plain(_default(f))

@@ -323,3 +323,21 @@ def test_bad_input_exit_code_in_a_real_process(tmp_path):
     if script.is_file():  # the console script names itself
         version = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
         assert version.stdout.strip() == f"llmseg-train {__version__}"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("train_*.yaml")) + sorted((REPO / "config").glob("benchmark_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_read_the_same_through_the_command_line(path):
+    command, job = (train.COMMAND, TrainConfig) if path.name.startswith("train") else (benchmark.COMMAND, benchmark.BenchmarkConfig)
+    parsed = parse_command(command, ["--config", str(path), "--print_config"]).config
+    direct = job.from_yaml(path)
+    assert parsed.model_config() == direct.model_config()
+    assert {k: v for k, v in vars(parsed).items() if k != "model"} == {k: v for k, v in vars(direct).items() if k != "model"}
+
+
+@pytest.mark.parametrize("name", ["datagen.yaml", "datagen_offline.yaml"])
+def test_shipped_datagen_configs_read_the_same_through_the_command_line(name):
+    from llmseg_model.datagen.config import DatagenConfig
+
+    parsed = parse_command(generate.COMMAND, ["--config", str(REPO / "config" / name), "--print_config"]).config
+    assert parsed.settings() == DatagenConfig.load(REPO / "config" / name) and parsed.dry_run is False
