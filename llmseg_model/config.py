@@ -319,7 +319,7 @@ class FusionConfig:
 class SelectionConfig:
     """Threshold rule that turns per-proposal scores into the answer mask."""
 
-    iop_threshold: float = bounded(0.5, ge=0.0, le=1.0)
+    iop_threshold: float = bounded(0.5, ge=0.0, lt=1.0)  # a proposal is kept when its IoP is above this
     # If nothing passes the threshold, fall back to the best IoU-head proposal when its IoP is at
     # least this (set > 1 to always report an empty result instead).
     fallback_min_iop: float = bounded(1.01, ge=0.0)
@@ -424,6 +424,12 @@ class LLMSegConfig:
             part = getattr(self, f.name)
             if dataclasses.is_dataclass(part):
                 part.__post_init__()
+        dims = (self.features.embed_dim, self.vlm.seg_embed_dim, self.fusion.dim)
+        if self.fusion.variant == "published" and len(set(dims)) > 1:
+            raise ValueError(
+                f"the published fusion has no input projections: features.embed_dim ({dims[0]}), "
+                f"vlm.seg_embed_dim ({dims[1]}) and fusion.dim ({dims[2]}) must be equal"
+            )
         wanted = MATCHING_LAYOUTS[self.features.layout]
         if self.proposals.lowres_layout != wanted:
             raise ValueError(
