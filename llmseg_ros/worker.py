@@ -47,6 +47,15 @@ class Worker(Generic[Job]):
             self._queue.clear()
             return jobs
 
+    def cancel(self, job: Job) -> bool:
+        """Take a job out of the queue before it runs; False when it already ran or is running."""
+        with self._cond:
+            for queued in self._queue:
+                if queued is job:
+                    self._queue.remove(queued)
+                    return True
+            return False
+
     def pending(self) -> int:
         """Jobs waiting plus the one running."""
         with self._cond:

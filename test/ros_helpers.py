@@ -9,6 +9,8 @@ unique to this test session, so parallel sessions do not hear each other.
 from __future__ import annotations
 
 import os
+import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,15 +26,33 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "llmseg_node.yaml"
 TRANSPORTS = "SHM?max_msg_size=4MB&sockets_size=16MB"
+DISCOVERY_GRACE = 1.0  # seconds for the node to see what this client already sees
+
+
+# Every node and client of this test session lives under this namespace: a second guard, beside the
+# domain id, against hearing another session's /llmseg (two sessions may still share a domain).
+SESSION_NAMESPACE = f"/test_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def session_domain_id(env: dict[str, str]) -> str:
+    """The ROS domain of this test session: the one it was given (LLMSEG_TEST_DOMAIN_ID, else
+    ROS_DOMAIN_ID, as scripts/run_tests.sh exports a random one), else a random one of its own."""
+    given = env.get("LLMSEG_TEST_DOMAIN_ID") or env.get("ROS_DOMAIN_ID")
+    return given if given else str(random.SystemRandom().randint(100, 199))
+
+
+_DOMAIN_ID = session_domain_id(dict(os.environ))
 
 
 def ros_environment() -> dict[str, str]:
     """The environment both processes run with: SHM transport, private domain, this repository first."""
     env = dict(os.environ)
     env["FASTDDS_BUILTIN_TRANSPORTS"] = TRANSPORTS
-    env.setdefault("LLMSEG_TEST_DOMAIN_ID", str(1 + os.getpid() % 100))
-    env["ROS_DOMAIN_ID"] = env["LLMSEG_TEST_DOMAIN_ID"]
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = _DOMAIN_ID
+    # Not LOCALHOST: with it rmw_fastrtps sets up its own transports, FASTDDS_BUILTIN_TRANSPORTS is
+    # ignored and camera-sized best-effort frames are dropped again (measured: 1280x720 never
+    # arrived). With only the SHM transport, nothing leaves this machine anyway.
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     # One torch thread: the node and the test share 2 cores, and oversubscribed OpenMP threads make
@@ -75,8 +95,8 @@ class NodeProcess:
     def __init__(self, env: dict[str, str], log_path: Path, params: dict[str, Any] | None = None,
                  namespace: str = "", extra_args: list[str] | None = None) -> None:
         args = [sys.executable, "-m", "llmseg_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
-        if namespace:  # tests that run nodes side by side keep them apart by namespace
-            args += ["-r", f"__ns:={namespace}"]
+        # Tests that run nodes side by side keep them apart by namespace, all under the session's.
+        args += ["-r", f"__ns:={session_namespace(namespace)}"]
         for name, value in (params or {}).items():
             args += ["-p", f"{name}:={_yaml(value)}"]
         args += extra_args or []
@@ -106,6 +126,11 @@ class NodeProcess:
         self.stop()
 
 
+def session_namespace(namespace: str = "") -> str:
+    """A test's namespace ("" or "/name") inside this session's own namespace."""
+    return SESSION_NAMESPACE + ("/" + namespace.strip("/") if namespace.strip("/") else "")
+
+
 def _yaml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -128,18 +153,20 @@ class RosClient:
         from llmseg_interfaces.srv import Segment
         from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS, RESULT_QOS, DEBUG_IMAGE_QOS
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters
+        from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 
-        self.target = f"{namespace.rstrip('/')}/{node_name}"
+        namespace = session_namespace(namespace)
+        self.target = f"{namespace}/{node_name}"
         self.context = Context()
         rclpy.init(context=self.context, args=[])
-        self.node = rclpy.create_node("llmseg_test_client", namespace=namespace or None, context=self.context)
+        self.node = rclpy.create_node("llmseg_test_client", namespace=namespace, context=self.context)
         self.image_pub = self.node.create_publisher(Image, "image", IMAGE_QOS)
         self.compressed_pub = self.node.create_publisher(CompressedImage, "image/compressed", IMAGE_QOS)
         self.instruction_pub = self.node.create_publisher(Instruction, "instruction", INSTRUCTION_QOS)
         self.text_pub = self.node.create_publisher(String, "instruction_text", INSTRUCTION_QOS)
         self._lock = threading.Condition()
         self.results: dict[str, list[Any]] = defaultdict(list)
+        self._used_clients: set[Any] = set()
         self.masks: list[Any] = []
         self.overlays: list[Any] = []
         self.node.create_subscription(SegmentationResult, "result", self._on_result, RESULT_QOS)
@@ -149,6 +176,9 @@ class RosClient:
         self.change_state_client = self.node.create_client(ChangeState, f"{self.target}/change_state")
         self.get_state_client = self.node.create_client(GetState, f"{self.target}/get_state")
         self.set_parameters_client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
+        self.get_parameters_client = self.node.create_client(GetParameters, f"{self.target}/get_parameters")
+        self.describe_parameters_client = self.node.create_client(
+            DescribeParameters, f"{self.target}/describe_parameters")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -191,18 +221,33 @@ class RosClient:
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
             time.sleep(0.05)
 
-    def call(self, client: Any, request: Any, timeout: float = 30.0) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = 60.0, retry: bool = False) -> Any:
+        """Call a service of the node. Discovery is two-sided: the client may see the server before
+        the server sees the client's reply reader, and a response sent then is lost. So the first
+        call through a client waits a moment after the service is ready, and idempotent calls
+        (retry=True) are sent again when no response came."""
         self.wait_for(client.service_is_ready, timeout, f"service {client.srv_name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, timeout, f"a response from {client.srv_name}")
-        return future.result()
+        if client not in self._used_clients:
+            time.sleep(DISCOVERY_GRACE)
+            self._used_clients.add(client)
+        attempts = 3 if retry else 1
+        for attempt in range(attempts):
+            future = client.call_async(request)
+            try:
+                self.wait_for(future.done, timeout / attempts, f"a response from {client.srv_name}")
+                return future.result()
+            except TimeoutError:
+                client.remove_pending_request(future)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
-    def state(self, timeout: float = 30.0) -> str:
+    def state(self, timeout: float = 60.0) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return self.call(self.get_state_client, GetState.Request(), timeout).current_state.label
+        return self.call(self.get_state_client, GetState.Request(), timeout, retry=True).current_state.label
 
-    def wait_for_state(self, label: str, timeout: float = 60.0) -> None:
+    def wait_for_state(self, label: str, timeout: float = 120.0) -> None:
         self.wait_for(lambda: self.state(timeout) == label, timeout, f"lifecycle state {label}")
 
     def change_state(self, transition: str, timeout: float = 60.0) -> bool:
@@ -221,6 +266,14 @@ class RosClient:
         request.parameters = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
         return list(self.call(self.set_parameters_client, request).results)
 
+    def get_parameters(self, *names: str) -> dict[str, Any]:
+        """The node's current values of these parameters (None for unset ones)."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        values = self.call(self.get_parameters_client, GetParameters.Request(names=list(names)), retry=True).values
+        return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
+
     def wait_connected(self, timeout: float = 30.0, images: bool = True) -> None:
         """Until the node's subscriptions (images too, unless remapped elsewhere) and result publisher match ours."""
         self.wait_for(
@@ -232,6 +285,7 @@ class RosClient:
             timeout,
             "the node's topics to match",
         )
+        time.sleep(DISCOVERY_GRACE)  # the node's side of the match may come a moment later
 
     def _resolved(self, name: str) -> str:
         return self.node.resolve_topic_name(name)

@@ -68,7 +68,7 @@ def test_bad_images_raise_value_errors(rgb):
     good = make_image(rgb, "rgb8")
     with pytest.raises(ValueError, match="unsupported image encoding '32FC1'"):
         conversions.image_to_rgb(Image(height=5, width=7, encoding="32FC1", step=28, data=bytes(140)))
-    with pytest.raises(ValueError, match="data has 104 bytes, expected step 21 x height 5 = 105"):
+    with pytest.raises(ValueError, match="data has 104 bytes, expected step 21 x 5 rows = 105"):
         conversions.image_to_rgb(Image(height=5, width=7, encoding="rgb8", step=21, data=bytes(good.data)[:-1]))
     with pytest.raises(ValueError, match="step 20 is smaller than width 7"):
         conversions.image_to_rgb(Image(height=5, width=7, encoding="rgb8", step=20, data=bytes(100)))
@@ -76,7 +76,119 @@ def test_bad_images_raise_value_errors(rgb):
         conversions.image_to_rgb(Image(encoding="rgb8"))
     with pytest.raises(ValueError, match="exceeds max_image_side=6"):
         conversions.image_to_rgb(good, max_side=6)
-    assert conversions.image_to_rgb(good, max_side=7).shape == (5, 7, 3)
+    with pytest.raises(ValueError, match="105 data bytes, more than max_image_bytes=104"):
+        conversions.check_image(good, max_bytes=104)
+    with pytest.raises(ValueError, match="even width"):
+        conversions.check_image(Image(height=2, width=3, encoding="yuyv", step=6, data=bytes(12)))
+    assert conversions.image_to_rgb(good, max_side=7, max_bytes=105).shape == (5, 7, 3)
+
+
+def test_encodings_are_matched_as_ros_spells_them(rgb):
+    upper = make_image(rgb, "RGB8")
+    with pytest.raises(ValueError, match="unsupported image encoding 'RGB8' \\(ROS spells it 'rgb8'\\)"):
+        conversions.check_image(upper)
+
+
+def test_size_is_checked_before_the_pixels_are_touched():
+    """A header that claims a huge image is refused from its numbers alone (data is never read)."""
+    claims = Image(height=100_000, width=100_000, encoding="rgb8", step=300_000, data=bytes(16))
+    with pytest.raises(ValueError, match="max_image_side"):
+        conversions.check_image(claims, max_side=4096)
+    with pytest.raises(ValueError, match="data has 16 bytes"):
+        conversions.check_image(claims)
+
+
+def yuv(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """BT.601 limited-range Y, U, V of an RGB colour (what OpenCV's YUV2RGB inverts)."""
+    r, g, b = colour
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return round(y), round(u), round(v)
+
+
+LEFT, RIGHT = (200, 40, 40), (30, 60, 220)  # two flat halves, so chroma subsampling loses nothing
+
+
+def halves(height: int = 4, width: int = 8) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 2], image[:, width // 2 :] = LEFT, RIGHT
+    return image
+
+
+@pytest.mark.parametrize("encoding", ["uyvy", "yuv422", "yuyv", "yuv422_yuy2"])
+def test_yuv422_as_camera_drivers_publish_it(encoding):
+    expected = halves()
+    packed = np.zeros((4, 4, 4), np.uint8)  # 4 rows, 4 pixel pairs, 4 bytes a pair
+    for pair in range(4):
+        y, u, v = yuv(LEFT if pair < 2 else RIGHT)
+        packed[:, pair] = (u, y, v, y) if encoding in ("uyvy", "yuv422") else (y, u, y, v)
+    msg = make_image(packed.reshape(4, 16), encoding, pad=4)
+    msg.width = 8  # two bytes a pixel
+    out = conversions.image_to_rgb(msg)
+    assert out.shape == (4, 8, 3)
+    assert np.abs(out.astype(int) - expected).max() <= 3
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+def test_nv12_nv21(encoding):
+    expected = halves()
+    plane = np.zeros((6, 8), np.uint8)  # 4 rows of Y, then 2 rows of interleaved chroma
+    for column in range(8):
+        y, u, v = yuv(LEFT if column < 4 else RIGHT)
+        plane[:4, column] = y
+        if column % 2 == 0:
+            plane[4:, column : column + 2] = (u, v) if encoding == "nv12" else (v, u)
+    msg = make_image(plane, encoding)
+    msg.height = 4  # the image's height; the data holds 1.5 times as many rows
+    out = conversions.image_to_rgb(msg)
+    assert np.abs(out.astype(int) - expected).max() <= 3
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_demosaic(pattern, bits):
+    """Mosaic a known image with the named 2x2 pattern (top-left first); demosaicing gives it back."""
+    expected = np.zeros((16, 16, 3), np.uint8)
+    expected[:, :8], expected[:, 8:] = LEFT, RIGHT
+    channel = {"r": 0, "g": 1, "b": 2}
+    mosaic = np.zeros((16, 16), np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            mosaic[dy::2, dx::2] = expected[dy::2, dx::2, channel[pattern[2 * dy + dx]]]
+    pixels = mosaic.astype(np.uint16) * 256 + 99 if bits == 16 else mosaic
+    out = conversions.image_to_rgb(make_image(pixels, f"bayer_{pattern}{bits}", pad=2))
+    interior = np.abs(out.astype(int) - expected)[2:-2, list(range(2, 6)) + list(range(10, 14))]
+    assert interior.max() <= 2, pattern
+
+
+def test_label_image_gives_overlaps_to_the_better_instance():
+    masks = np.zeros((3, 4, 6), bool)
+    masks[0, :, :3] = True  # score 0.6
+    masks[1, :2, :] = True  # score 0.9: owns the top rows, overlap included
+    masks[2, 3, 5] = True  # score 0.1, inside nothing else
+    labels, order = conversions.label_image(masks, np.array([0.6, 0.9, 0.1]))
+    assert list(order) == [1, 0, 2]
+    assert labels.dtype == np.uint8
+    assert (labels[:2] == 1).all()  # instance 1 (best) -> label 1, overlap with instance 0 included
+    assert (labels[2:, :3] == 2).all() and labels[3, 5] == 3 and labels[2, 4] == 0
+    msg = conversions.labels_to_image(labels)
+    assert msg.encoding == "mono8"
+    np.testing.assert_array_equal(conversions.image_to_labels(msg), labels)
+    many = np.zeros((300, 2, 300), bool)
+    many[np.arange(300), 0, np.arange(300)] = True
+    wide, _ = conversions.label_image(many, np.linspace(1, 0, 300))
+    assert wide.dtype == np.uint16 and wide[0, 299] == 300
+    msg = conversions.labels_to_image(wide)
+    assert msg.encoding == "mono16" and msg.step == 600
+    np.testing.assert_array_equal(conversions.image_to_labels(msg), wide)
+
+
+def test_mask_box_covers_whole_pixels():
+    mask = np.zeros((20, 30), bool)
+    mask[5:8, 10:20] = True  # columns 10..19, rows 5..7
+    assert conversions.mask_box(mask) == (15.0, 6.5, 10.0, 3.0)
+    assert conversions.mask_box(np.zeros((2, 2), bool)) == (0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
@@ -118,10 +230,10 @@ def test_mask_and_rgb_to_image(rgb):
 
 
 def test_overlay_tints_only_the_instances(rgb):
-    masks = np.zeros((2, 5, 7), bool)
-    masks[0, 0, 0] = masks[1, 4, 6] = True
-    out = conversions.overlay(rgb, masks)
-    changed = np.any(out != rgb, axis=2)
-    assert changed[0, 0] or tuple(rgb[0, 0]) == tuple(conversions.PALETTE[0])
-    assert not changed[2, 3]
-    np.testing.assert_array_equal(out[~masks.any(0)], rgb[~masks.any(0)])
+    labels = np.zeros((5, 7), np.uint8)
+    labels[0, 0], labels[4, 6] = 1, 2
+    out = conversions.overlay(rgb, labels)
+    np.testing.assert_array_equal(out[labels == 0], rgb[labels == 0])
+    expected = (0.5 * rgb[0, 0] + 0.5 * conversions.PALETTE[0]).round()
+    np.testing.assert_array_equal(out[0, 0], expected)
+    np.testing.assert_array_equal(out[4, 6], (0.5 * rgb[4, 6] + 0.5 * conversions.PALETTE[1]).round())

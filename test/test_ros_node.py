@@ -1,15 +1,20 @@
 """The llmseg node in its own process, driven over DDS from this one: lifecycle, parameters and
 every status that needs no model (no frame yet, bad encoding, size/step mismatch, empty or
-oversized text, stale frame, not active). The node runs with lazy_model_load, so none of this
-depends on trained weights; configure's failure on missing weights is tested without it.
+oversized text, stale frame, frames named by stamp, not active in every state). The node runs
+with lazy_model_load, so none of this depends on trained weights; configure's failure on missing
+weights is tested without it. Crash and fuzz cases are in test_ros_robustness.py.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+from ros_helpers import (  # noqa: F401
+    NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, session_namespace, stamp_now,
+)
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(300)]
 
@@ -48,7 +53,8 @@ def test_no_image_yet(lazy_node):
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("", "empty"), ("   \n\t ", "empty"), ("x" * 1001, "max_instruction_chars"), ("find the <SEG> now", "special token")],
+    [("", "empty"), ("   \n\t ", "empty"), ("x" * 1001, "max_instruction_chars"), ("find the <SEG> now", "special token"),
+     ("an <image> token", "special token")],
 )
 def test_bad_instruction(lazy_node, text, reason):
     node, client = lazy_node
@@ -70,24 +76,21 @@ def test_string_topic_gets_a_node_assigned_id(lazy_node):
 
 def bad_images():
     rgb = np.zeros((48, 64, 3), np.uint8)
-    unknown = rgb_image(rgb)
-    unknown.encoding = "yuv422"
-    short_data = rgb_image(rgb)
-    short_data.data = bytes(short_data.data)[:-10]
-    small_step = rgb_image(rgb)
-    small_step.step = 64 * 3 - 1
-    small_step.data = bytes(small_step.data)[: small_step.step * 48]
-    wrong_height = rgb_image(rgb)
-    wrong_height.height = 50
-    empty = rgb_image(rgb)
-    empty.width = empty.height = empty.step = 0
-    empty.data = b""
+
+    def image(**fields):
+        msg = rgb_image(rgb)
+        for name, value in fields.items():
+            setattr(msg, name, value)
+        return msg
+
     return {
-        "yuv422": (unknown, "unsupported image encoding"),
-        "short_data": (short_data, "expected step"),
-        "small_step": (small_step, "smaller than width"),
-        "wrong_height": (wrong_height, "expected step"),
-        "empty": (empty, "empty"),
+        "32FC1": (image(encoding="32FC1"), "unsupported image encoding '32FC1'"),
+        "upper_case": (image(encoding="RGB8"), "ROS spells it 'rgb8'"),
+        "short_data": (image(data=bytes(64 * 3 * 48 - 10)), "expected step"),
+        "small_step": (image(step=64 * 3 - 1, data=bytes((64 * 3 - 1) * 48)), "smaller than width"),
+        "wrong_height": (image(height=50), "expected step"),
+        "empty": (image(width=0, height=0, step=0, data=b""), "empty"),
+        "odd_yuyv": (image(encoding="yuyv", width=63, step=126, data=bytes(126 * 48)), "even width"),
     }
 
 
@@ -101,7 +104,33 @@ def test_bad_image(lazy_node, case):
     result = client.wait_result(f"bad-image-{case}")
     assert status_of(result) == "BAD_IMAGE", result.error
     assert reason in result.error
+    assert result.status_name == "BAD_IMAGE"
     assert result.header.frame_id == "camera"  # the result names the frame it is about
+    assert [t.stage for t in result.timings] == ["queue", "total"]  # refused before any decoding
+
+
+def test_bad_image_is_reported_before_staleness(lazy_node):
+    """An old frame that is also unusable is BAD_IMAGE: the fix is in the image, not the clock."""
+    node, client = lazy_node
+    msg = rgb_image(np.zeros((48, 64, 3), np.uint8), stamp=stamp_now(-10.0))
+    msg.encoding = "32FC1"
+    client.publish_image(msg)
+    client.instruct("bad-and-old", "the red ball")
+    result = client.wait_result("bad-and-old")
+    assert status_of(result) == "BAD_IMAGE", result.error
+
+
+def test_image_over_max_image_bytes(lazy_node):
+    node, client = lazy_node
+    assert client.set_parameters(max_image_bytes=1000)[0].successful
+    try:
+        client.publish_image(rgb_image(np.zeros((48, 64, 3), np.uint8)))
+        client.instruct("too-many-bytes", "the red ball")
+        result = client.wait_result("too-many-bytes")
+    finally:
+        assert client.set_parameters(max_image_bytes=128 * 1024 * 1024)[0].successful
+    assert status_of(result) == "BAD_IMAGE"
+    assert "more than max_image_bytes=1000" in result.error
 
 
 def test_oversized_image(lazy_node):
@@ -128,12 +157,24 @@ def test_stale_image(lazy_node):
 
 
 def test_image_stamp_lookup(lazy_node):
-    """An instruction can name its frame; one no longer buffered is stale, one never seen is missing."""
+    """An instruction can name its frame: a buffered one is found (this one is bad, so the answer
+    needs no model and shows which frame was taken); one that left the buffer is stale; one between
+    buffered frames that never arrived, or newer than all after image_stamp_wait, is missing."""
     node, client = lazy_node
-    client.publish_image(rgb_image(np.zeros((48, 64, 3), np.uint8)))
+    named = rgb_image(np.zeros((48, 64, 3), np.uint8), stamp=stamp_now(-0.2), frame_id="named")
+    named.encoding = "32FC1"
+    client.publish_image(named, settle=0.05)
+    client.publish_image(rgb_image(np.zeros((48, 64, 3), np.uint8), frame_id="newest"))
+    client.instruct("by-stamp", "the red ball", image_stamp=named.header.stamp)
     client.instruct("too-old", "the red ball", image_stamp=stamp_now(-3600.0))
+    client.instruct("never-sent", "the red ball", image_stamp=stamp_now(-0.1))
     client.instruct("future", "the red ball", image_stamp=stamp_now(3600.0))
-    assert status_of(client.wait_result("too-old")) == "STALE_IMAGE"
+    by_stamp = client.wait_result("by-stamp")
+    assert status_of(by_stamp) == "BAD_IMAGE" and by_stamp.header.frame_id == "named", by_stamp.error
+    too_old = client.wait_result("too-old")
+    assert status_of(too_old) == "STALE_IMAGE" and "no longer buffered" in too_old.error
+    never_sent = client.wait_result("never-sent")
+    assert status_of(never_sent) == "NO_IMAGE" and "was received" in never_sent.error, never_sent.error
     future = client.wait_result("future")
     assert status_of(future) == "NO_IMAGE"
     assert "no frame with stamp" in future.error
@@ -142,30 +183,79 @@ def test_image_stamp_lookup(lazy_node):
 def test_parameter_callback(lazy_node):
     node, client = lazy_node
     bad = client.set_parameters(**{"selection.iop_threshold": 1.5})[0]
-    assert not bad.successful and "[0, 1]" in bad.reason
+    assert not bad.successful and "Max: 1.0" in bad.reason  # the descriptor's range
     assert not client.set_parameters(max_image_age=-1.0)[0].successful
     assert not client.set_parameters(**{"selection.max_instances": 0})[0].successful
+    assert not client.set_parameters(**{"selection.iop_threshold": 5})[0].successful  # an int: our own check
     wrong_type = client.set_parameters(**{"selection.iop_threshold": "high"})[0]
-    assert not wrong_type.successful
+    assert not wrong_type.successful and "must be a float" in wrong_type.reason
     assert client.set_parameters(**{"selection.iop_threshold": 0.7})[0].successful
+    assert client.set_parameters(**{"selection.iop_threshold": 1})[0].successful  # an int is fine for a float
     assert client.set_parameters(**{"selection.iop_threshold": 0.5})[0].successful
-    # Model parameters only change while unconfigured.
+    # Model parameters only change while unconfigured; startup ones never.
     busy = client.set_parameters(preset="paper")[0]
     assert not busy.successful and "cleanup" in busy.reason
+    assert not client.set_parameters(autostart=False)[0].successful
 
 
-def test_deactivate_then_service_says_not_active(lazy_node):
+def test_parameter_descriptors_carry_ranges(lazy_node):
+    """What `ros2 param describe` and rqt show: description, range, read-only flag."""
+    from rcl_interfaces.srv import DescribeParameters
+
     node, client = lazy_node
-    assert client.change_state("deactivate")
-    assert client.state() == "inactive"
+    names = ["selection.iop_threshold", "max_queue", "autostart", "preset"]
+    described = client.call(client.describe_parameters_client, DescribeParameters.Request(names=names)).descriptors
+    by_name = {d.name: d for d in described}
+    threshold = by_name["selection.iop_threshold"]
+    assert threshold.floating_point_range[0].from_value == 0.0 and threshold.floating_point_range[0].to_value == 1.0
+    assert "preset" in threshold.additional_constraints and threshold.description
+    assert by_name["max_queue"].integer_range[0].from_value == 1
+    assert by_name["autostart"].read_only and not threshold.read_only
+    assert "tiny, paper" in by_name["preset"].additional_constraints
+
+
+def test_model_settings_default_to_the_preset(lazy_node):
+    """One set of defaults: the node reports (and runs with) the tiny preset's selection and
+    proposal settings, the fallback rule included, where nothing was set explicitly."""
+    from llmseg_model.config import tiny_config
+    from llmseg_ros.parameters import PRESET_PARAMETERS, preset_value
+
+    node, client = lazy_node
+    values = client.get_parameters(*PRESET_PARAMETERS)
+    preset = tiny_config()
+    for name in PRESET_PARAMETERS:
+        assert values[name] == pytest.approx(preset_value(preset, name)), name
+    assert values["selection.fallback_min_iop"] == pytest.approx(0.2)
+    assert "fallback IoP >= 0.2" in node.log()
+
+
+def test_every_instruction_is_answered_in_every_lifecycle_state(lazy_node):
+    """Topic instructions, text instructions and service calls while inactive and unconfigured are
+    answered NOT_ACTIVE, each exactly once."""
+    node, client = lazy_node
     try:
-        result = client.segment("the red ball", instruction_id="while-inactive")
-        assert status_of(result) == "NOT_ACTIVE"
-        assert result.instruction_id == "while-inactive"
+        for state, transition in (("inactive", "deactivate"), ("unconfigured", "cleanup")):
+            assert client.change_state(transition)
+            assert client.state() == state
+            known = set(client.results)
+            client.instruct(f"topic-while-{state}", "the red ball")
+            topic = client.wait_result(f"topic-while-{state}")
+            assert status_of(topic) == "NOT_ACTIVE", topic.error
+            client.instruct_text("the red ball")
+            text = client.wait_new_result(known | {f"topic-while-{state}"})
+            assert status_of(text) == "NOT_ACTIVE" and text.instruction_id.startswith("text-")
+            service = client.segment("the red ball", instruction_id=f"srv-while-{state}")
+            assert status_of(service) == "NOT_ACTIVE" and service.instruction_id == f"srv-while-{state}"
     finally:
-        assert client.change_state("activate")
+        if client.state() == "unconfigured":
+            assert client.change_state("configure")
+        if client.state() == "inactive":
+            assert client.change_state("activate")
     assert client.state() == "active"
     client.wait_connected()
+    time.sleep(0.5)
+    for state in ("inactive", "unconfigured"):
+        assert len(client.results[f"topic-while-{state}"]) == 1
 
 
 def test_bad_image_through_service(lazy_node):
@@ -238,7 +328,7 @@ def test_bad_parameter_file_value_fails_configure_then_recovers(ros_env, tmp_pat
     with NodeProcess(ros_env, tmp_path / "node.log", params=params, namespace="/bad_params") as node, \
             RosClient(namespace="/bad_params") as client:
         client.wait_for(lambda: "configure failed" in node.log(), 60, "the configure error in the log")
-        assert "max_image_age must be >= 0" in node.log()
+        assert "max_image_age must be in [0.0, 3600.0], got -3.0" in node.log()
         assert client.state() == "unconfigured"
         assert client.set_parameters(max_image_age=1.5)[0].successful
         assert client.change_state("configure") and client.change_state("activate")
@@ -246,3 +336,28 @@ def test_bad_parameter_file_value_fails_configure_then_recovers(ros_env, tmp_pat
         client.instruct("after-fix", "")
         assert status_of(client.wait_result("after-fix")) == "BAD_INSTRUCTION"
     assert node.process.returncode == 0
+
+
+def test_image_qos_is_sensor_data_and_can_be_overridden(ros_env, tmp_path):
+    """Best effort by default (the sensor-data profile); a qos_overrides parameter makes it reliable."""
+    from rclpy.qos import ReliabilityPolicy
+
+    topic = session_namespace("qos") + "/image"
+    params = {"lazy_model_load": True, f"qos_overrides.{topic}.subscription.reliability": "reliable",
+              f"qos_overrides.{topic}.subscription.depth": 2}
+    with NodeProcess(ros_env, tmp_path / "node.log", params=params, namespace="/qos") as node, \
+            RosClient(namespace="/qos") as client:
+        client.wait_for_state("active")
+        client.wait_connected(images=False)  # our best-effort image publisher cannot match a reliable reader
+        client.wait_for(lambda: client.node.get_subscriptions_info_by_topic(topic), 30, "the image subscription")
+        infos = client.node.get_subscriptions_info_by_topic(topic)
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE], node.log()
+        name = f"qos_overrides.{topic}.subscription."  # the graph does not carry the depth: read it back
+        assert client.get_parameters(name + "reliability", name + "depth") == {
+            name + "reliability": "reliable", name + "depth": 2}
+    with NodeProcess(ros_env, tmp_path / "default.log", params={"lazy_model_load": True},
+                     namespace="/qos_default") as node, RosClient(namespace="/qos_default") as client:
+        client.wait_for_state("active")
+        client.wait_connected()
+        infos = client.node.get_subscriptions_info_by_topic(session_namespace("qos_default") + "/image")
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.BEST_EFFORT]

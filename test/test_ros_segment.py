@@ -2,9 +2,10 @@
 
 Two nodes: one with randomly initialised tiny weights (written by the shared conftest fixtures),
 which exercises every path through the model whatever the weights say (topic and service paths,
-several instructions on one frame, the queue bound, runtime thresholds, debug images, compressed
-input); and one with the shipped trained tiny weights, which must find the right object in a
-procedural scene it never saw.
+several instructions on one frame, frames named by stamp from the feature cache, the queue bound,
+runtime thresholds, debug images, compressed input, a 1280x720 result with 50 instances); and one
+with the shipped trained tiny weights, which must find the right object in a procedural scene it
+never saw and agree with the library, the preset's fallback rule included.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def as_mask(image_msg) -> np.ndarray:
     return image_to_mask(image_msg)
 
 
+def as_labels(image_msg) -> np.ndarray:
+    from llmseg_ros.conversions import image_to_labels
+
+    return image_to_labels(image_msg)
+
+
 @pytest.fixture(scope="module")
 def untrained_node(ros_env, untrained_tiny_config, untrained_tiny_model, tmp_path_factory):
     """A node on random tiny weights; every proposal is selected (iop_threshold 0) so results have instances."""
@@ -47,11 +54,15 @@ def untrained_node(ros_env, untrained_tiny_config, untrained_tiny_model, tmp_pat
         "weights.dinov2_path": weights.dinov2_path,
         "weights.llava_path": weights.llava_path,
         "weights.llmseg_weights": str(folder / "llmseg"),
-        "proposals.points_per_side": 4,
+        # Random SAM: keep every proposal, so a 1280x720 frame yields 50 and more instances.
+        "proposals.points_per_side": 8,
         "proposals.pred_iou_thresh": 0.0,
         "proposals.stability_score_thresh": 0.0,
+        "proposals.box_nms_thresh": 1.0,
+        "proposals.top_k": 100,
         "selection.iop_threshold": 0.0,
         "max_image_age": 0.0,
+        "frame_buffer_size": 2,
         "num_threads": 1,
     }
     with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/untrained") as node, \
@@ -76,14 +87,30 @@ def scene(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
 
 
 def check_answer(result, height: int, width: int) -> None:
+    """A complete answer: union mask, label image and instances agree with each other."""
     assert status_of(result) == "OK", result.error
+    assert result.status_name == "OK"
     assert (result.mask.width, result.mask.height, result.mask.encoding) == (width, height, "mono8")
-    n = len(result.instance_ids)
-    assert n >= 1 and len(result.instance_masks) == len(result.instance_scores) == len(result.instance_iou_scores) == n
-    union = np.zeros((height, width), bool)
-    for instance in result.instance_masks:
-        union |= as_mask(instance)
-    np.testing.assert_array_equal(as_mask(result.mask), union)
+    n = len(result.instances)
+    assert n >= 1
+    labels = as_labels(result.instance_labels)
+    assert labels.shape == (height, width)
+    assert result.instance_labels.encoding == ("mono8" if n <= 255 else "mono16")
+    np.testing.assert_array_equal(as_mask(result.mask), labels > 0)
+    assert [i.label for i in result.instances] == list(range(1, n + 1))
+    scores = [i.score for i in result.instances]
+    assert scores == sorted(scores, reverse=True)  # best first
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    for instance in result.instances:
+        assert instance.area == areas[instance.label]
+        box = instance.bbox
+        if instance.area:  # its pixels lie in its proposal's box
+            rows, columns = np.nonzero(labels == instance.label)
+            assert box.center_x - box.size_x / 2 <= columns.min() and columns.max() + 1 <= box.center_x + box.size_x / 2
+            assert box.center_y - box.size_y / 2 <= rows.min() and rows.max() + 1 <= box.center_y + box.size_y / 2
+    proposals = [p for i in result.instances for p in i.proposal_indices]
+    assert all(len(i.proposal_indices) >= 1 for i in result.instances)
+    assert len(set(proposals)) == len(proposals)  # each selected proposal belongs to one object
     assert isinstance(result.answer, str)
 
 
@@ -145,14 +172,18 @@ def test_service_with_own_image_and_latest_frame(untrained_node):
 def test_runtime_threshold_reaches_the_model(untrained_node):
     node, client = untrained_node
     client.publish_image(rgb_image(scene(seed=4)))
-    assert client.set_parameters(**{"selection.iop_threshold": 1.0})[0].successful
+    # Nothing passes IoP > 1, and the fallback (the preset's 0.2) is switched off explicitly.
+    strict_settings = {"selection.iop_threshold": 1.0, "selection.fallback_min_iop": 1.01}
+    assert all(r.successful for r in client.set_parameters(**strict_settings))
     try:
         client.instruct("strict", "the red ball")
         strict = client.wait_result("strict", timeout=120)
     finally:
-        assert client.set_parameters(**{"selection.iop_threshold": 0.0})[0].successful
+        assert all(r.successful for r in client.set_parameters(
+            **{"selection.iop_threshold": 0.0, "selection.fallback_min_iop": 0.2}))
     assert status_of(strict) == "EMPTY"
-    assert not as_mask(strict.mask).any() and len(strict.instance_ids) == 0
+    assert not as_mask(strict.mask).any() and len(strict.instances) == 0
+    assert not as_labels(strict.instance_labels).any()
     client.instruct("loose", "the red ball")
     check_answer(client.wait_result("loose", timeout=120), 96, 128)
 
@@ -169,6 +200,54 @@ def test_mask_and_overlay_topics(untrained_node):
     overlay = next(m for m in client.overlays if m.header.frame_id == "overlay_cam")
     np.testing.assert_array_equal(as_mask(mask), as_mask(result.mask))
     assert (overlay.encoding, overlay.width, overlay.height) == ("rgb8", 128, 96)
+
+
+def test_named_frame_resolves_from_the_feature_cache(untrained_node):
+    """A frame named by stamp is found while its features are cached, after it left the frame
+    buffer (frame_buffer_size is 2 here), and costs no second proposal pass."""
+    node, client = untrained_node
+    named = rgb_image(scene(seed=8), frame_id="named_cam")
+    client.publish_image(named)
+    client.instruct("named-first", "the red ball", image_stamp=named.header.stamp)
+    check_answer(client.wait_result("named-first", timeout=120), 96, 128)
+    for seed in (9, 10, 11):  # pushes it out of the 2-frame buffer
+        client.publish_image(rgb_image(scene(seed=seed), frame_id="other_cam"), settle=0.1)
+    client.instruct("named-again", "something I could roll", image_stamp=named.header.stamp)
+    again = client.wait_result("named-again", timeout=120)
+    check_answer(again, 96, 128)
+    assert again.header.frame_id == "named_cam" and again.frame_cached
+
+
+def test_hd_result_with_50_instances_fits_the_transport(untrained_node):
+    """1280x720 with 50 and more instances end to end: the result fits the 4 MB shared-memory
+    segment and arrives whole (a mask per instance would be 46 MB for 50)."""
+    from rclpy.serialization import serialize_message
+
+    node, client = untrained_node
+    rng = np.random.default_rng(12)
+    image = scene(720, 1280, seed=12)
+    for _ in range(8):
+        y, x = rng.integers(0, 600), rng.integers(0, 1100)
+        image[y : y + 100, x : x + 150] = rng.integers(0, 256, 3)
+    # Random SAM's proposals overlap everywhere: keep each selected proposal an object of its own.
+    separate = {"instances.iou_threshold": 1.0, "instances.containment_threshold": 1.0, "selection.max_instances": 100}
+    assert all(r.successful for r in client.set_parameters(**separate))
+    try:
+        client.publish_image(rgb_image(image, frame_id="hd_cam"))
+        client.instruct("hd", "every thing I could roll")
+        result = client.wait_result("hd", timeout=300)
+    finally:
+        from llmseg_model.config import InstanceConfig
+
+        preset = InstanceConfig()
+        assert all(r.successful for r in client.set_parameters(**{
+            "instances.iou_threshold": preset.iou_threshold,
+            "instances.containment_threshold": preset.containment_threshold, "selection.max_instances": 50}))
+    assert result.mask.width == 1280, node.log()[-3000:]
+    check_answer(result, 720, 1280)
+    assert len(result.instances) >= 50  # 100 proposals; the library merges the ones inside others
+    size = len(serialize_message(result))
+    assert size < 4 * 1024 * 1024, size
 
 
 def test_bounded_queue_answers_every_instruction(untrained_node):
@@ -218,28 +297,92 @@ def shipped_weights_present() -> bool:
     return (TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors").is_file()  # llmseg_model.modeling.model.WEIGHTS_FILE
 
 
-@pytest.mark.skipif(
+requires_shipped_weights = pytest.mark.skipif(
     not shipped_weights_present(),
     reason="the trained tiny weights (llmseg_model/weights/tiny/llmseg/llmseg.safetensors) are not in this checkout",
 )
-def test_correct_mask_for_a_synthetic_scene(ros_env, tmp_path):
-    """The default node (tiny preset, shipped weights) finds the target of a held-out procedural scene."""
-    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
 
-    sample = generate_scene(ProceduralConfig(), (12345, 2, 0))  # a seed no training split uses
-    instruction = next(i for i in sample.instructions if i.kind == "attribute" and len(i.targets) == 1)
-    target = sample.target_mask(instruction.targets).astype(bool)
-    with NodeProcess(ros_env, tmp_path / "node.log", namespace="/trained") as node, \
+
+@pytest.fixture(scope="module")
+def trained_node(ros_env, tmp_path_factory):
+    """The default node: tiny preset, shipped weights, config/llmseg_node.yaml and nothing else."""
+    folder = tmp_path_factory.mktemp("trained")
+    with NodeProcess(ros_env, folder / "node.log", namespace="/trained") as node, \
             RosClient(namespace="/trained") as client:
         try:
             client.wait_for_state("active", timeout=300)
             client.wait_connected()
         except TimeoutError:
             pytest.fail(f"node did not come up; its log:\n{node.log()}")
-        client.publish_image(rgb_image(sample.image))
-        client.instruct("scene", instruction.text)
-        result = client.wait_result("scene", timeout=120)
+        yield node, client
+
+
+def held_out_scene(seed: int):
+    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
+
+    return generate_scene(ProceduralConfig(), (12345, seed, 0))  # a seed stream no training split uses
+
+
+@requires_shipped_weights
+def test_correct_mask_for_a_synthetic_scene(trained_node):
+    """The default node (tiny preset, shipped weights) finds the target of a held-out procedural scene."""
+    node, client = trained_node
+    sample = held_out_scene(2)
+    instruction = next(i for i in sample.instructions if i.kind == "attribute" and len(i.targets) == 1)
+    target = sample.target_mask(instruction.targets).astype(bool)
+    client.publish_image(rgb_image(sample.image))
+    client.instruct("scene", instruction.text)
+    result = client.wait_result("scene", timeout=120)
     assert status_of(result) == "OK", f"{result.error} (instruction {instruction.text!r})"
     mask = as_mask(result.mask)
     iou = (mask & target).sum() / max((mask | target).sum(), 1)
     assert iou >= 0.5, f"IoU {iou:.2f} for {instruction.text!r}"
+
+
+@requires_shipped_weights
+def test_node_and_library_agree_with_the_presets_fallback(trained_node):
+    """Node and library give the same answer on a held-out scene, the tiny preset's fallback rule
+    included: with the IoP threshold raised above every proposal's IoP (set explicitly), the
+    library falls back to the best-IoU proposal (fallback_min_iop 0.2), and so must the node,
+    whose fallback_min_iop was never set. With the node's old default (1.01) this was EMPTY."""
+    import dataclasses
+
+    from llmseg_model.config import tiny_config
+    from llmseg_model.modeling.model import LLMSeg
+    from llmseg_model.modeling.selection import select_proposals
+
+    node, client = trained_node
+    library = LLMSeg.from_config(tiny_config())
+    sample = held_out_scene(3)
+    frame = library.prepare(sample.image)
+    plain = library.query(frame, sample.instructions[0].text)
+    cases = []
+    for instruction in sample.instructions:
+        answer = library.query(frame, instruction.text)
+        threshold = float(np.ceil(answer.iop_scores.max() * 1000 + 1) / 1000)
+        forced = dataclasses.replace(library.config.selection, iop_threshold=threshold)
+        fallback = select_proposals(answer.iou_scores, answer.iop_scores, forced)
+        if threshold <= 1.0 and len(fallback.indices) == 1:
+            cases.append((instruction.text, threshold, int(fallback.indices[0])))
+    assert cases, "no instruction of this scene reaches the fallback; pick another held-out seed"
+    text, threshold, best = cases[0]
+
+    image = rgb_image(sample.image)
+    client.publish_image(image)
+    # Both name the frame by stamp: found however long the first answer takes (no max_image_age).
+    client.instruct("plain", sample.instructions[0].text, image_stamp=image.header.stamp)
+    result = client.wait_result("plain", timeout=120)
+    assert status_of(result) == ("EMPTY" if plain.empty else "OK"), result.error
+    np.testing.assert_array_equal(as_mask(result.mask), plain.mask)  # bit-identical to the library
+    assert [list(i.proposal_indices) for i in result.instances] == [
+        [int(p) for p in instance.proposal_indices] for instance in plain.instances]
+
+    assert client.set_parameters(**{"selection.iop_threshold": threshold})[0].successful
+    try:
+        client.instruct("fallback", text, image_stamp=image.header.stamp)
+        result = client.wait_result("fallback", timeout=120)
+    finally:
+        assert client.set_parameters(**{"selection.iop_threshold": 0.5})[0].successful
+    assert status_of(result) == "OK", f"{result.error}: the node did not fall back as the library does"
+    assert [list(i.proposal_indices) for i in result.instances] == [[best]]
+    assert result.frame_cached

@@ -75,3 +75,25 @@ def test_a_failing_job_does_not_kill_the_thread():
 def test_bad_queue_size():
     with pytest.raises(ValueError, match="max_queue"):
         Worker(lambda job: None, max_queue=0)
+
+
+def test_cancel_takes_a_queued_job_out():
+    release = threading.Event()
+    started = threading.Event()
+    done: list[str] = []
+
+    def handle(job: str) -> None:
+        started.set()
+        release.wait(10)
+        done.append(job)
+
+    worker = Worker(handle, max_queue=4)
+    first, second = "first", "second"
+    worker.submit(first)
+    assert started.wait(5)
+    worker.submit(second)
+    assert not worker.cancel(first)  # running: cannot be taken back
+    assert worker.cancel(second) and not worker.cancel(second)
+    release.set()
+    worker.stop(5)
+    assert done == ["first"]
