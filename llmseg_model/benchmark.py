@@ -17,11 +17,11 @@ excluded. `scoring: native` scores at the image's resolution (LISA, the publishe
 script); `scoring: resize1024` resizes prediction and ground truth to 1024x1024 first, as the
 published ReasonSeg evaluation does (llmseg_model/metrics.py).
 Writes results.json, results.md, benchmark.png and examples/ (pictures of answers) into `output_dir`.
+torch and the model are imported when the benchmark starts, after its settings are checked.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -38,12 +38,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from llmseg_model.cli import exit_on_bad_input
-from llmseg_model.config import LLMSegConfig, preset_with_overrides
+from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing, run_command
+from llmseg_model.config import SCORINGS, LLMSegConfig, bounded, check_fields, from_mapping, model_settings, one_of
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
-from llmseg_model.metrics import SCORINGS, IoUAccumulator, iou_from_counts, proposal_overlaps, scored_counts
-from llmseg_model.modeling.proposals import Proposals
+
+if TYPE_CHECKING:
+    from llmseg_model.metrics import IoUAccumulator
+    from llmseg_model.modeling.proposals import Proposals
 
 logger = logging.getLogger(__name__)
 
@@ -57,63 +59,51 @@ QUERY_STAGES = ("llm", "fusion", "selection")
 class BenchmarkConfig:
     """One benchmark run; loadable from YAML (see config/benchmark_*.yaml)."""
 
-    preset: str = "tiny"
+    preset: str = "tiny"  # tiny | paper | paper_llava15, or a saved llmseg_config.json
     model: dict = field(default_factory=dict)  # nested overrides of LLMSegConfig, e.g. {weights: {llava_path: ...}}
     datasets: list[DatasetSpec] = field(
         default_factory=lambda: [DatasetSpec(kind="procedural", split="test", size=25)]
     )
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    # Data sets in the short form kind:target[,key=value...] (e.g. procedural:test,size=5 or
+    # reasonseg:data/ReasonSeg/val); given, they replace `datasets`.
+    data: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"choices": METHODS})
+    # first: the first instruction of every sample (LISA's ReasonSeg evaluation); all: every one.
+    modes: list[str] = field(default_factory=lambda: list(MODES), metadata={"choices": MODES})
     cache_dir: str = ""  # proposal cache for the baselines; empty: use the model's own proposals
-    output_dir: str = "outputs/benchmark"
-    device: str = "cpu"
-    warmup: int = 1  # images whose timings are left out of the latency statistics
+    output_dir: str = "outputs/benchmark"  # results.json, results.md, benchmark.png, examples/
+    device: str = "cpu"  # torch device, e.g. cuda
+    warmup: int = bounded(1, ge=0)  # images whose timings are left out of the latency statistics
     seed: int = 0
-    oracle_iop: float = 0.5
-    random_prob: float = 0.5
-    scoring: str = "native"  # native | resize1024 (the published ReasonSeg evaluation)
-    progress: bool = True
-    examples: int = 8  # pictures of the model's first answers, in output_dir/examples (0: none)
+    oracle_iop: float = bounded(0.5, gt=0.0, le=1.0)  # IoP a proposal needs to join the oracle_iop answer
+    random_prob: float = bounded(0.5, ge=0.0, le=1.0)  # chance each proposal joins the random answer
+    scoring: str = one_of("native", SCORINGS)  # native | resize1024 (the published ReasonSeg evaluation)
+    progress: bool = True  # a progress bar per data set
+    examples: int = bounded(8, ge=0)  # pictures of the model's first answers, in output_dir/examples (0: none)
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"unknown or no methods {bad}; choose from {METHODS}")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise ValueError(f"unknown or no modes {bad}; choose from {MODES}")
+        if self.data:  # the short form replaces the list of mappings
+            self.datasets, self.data = data_specs(self.data), []
+        check_fields(self)
+        if not self.methods or not self.modes:
+            raise ValueError("give at least one method and one mode")
         if not self.datasets:
             raise ValueError("benchmark needs at least one data set")
         if "llmseg" not in self.methods and not self.cache_dir:
             raise ValueError("the baselines need proposals: set cache_dir, or include the llmseg method")
-        if not 0.0 < self.oracle_iop <= 1.0:
-            raise ValueError(f"oracle_iop must be in (0, 1], got {self.oracle_iop}")
-        if not 0.0 <= self.random_prob <= 1.0:
-            raise ValueError(f"random_prob must be in [0, 1], got {self.random_prob}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        if self.examples < 0:
-            raise ValueError(f"examples must be >= 0, got {self.examples}")
+        self.model_config()  # the preset exists and the model overrides are valid
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BenchmarkConfig":
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"benchmark config: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        if "datasets" in data:
-            data["datasets"] = [d if isinstance(d, DatasetSpec) else DatasetSpec.from_dict(d) for d in data["datasets"]]
-        return cls(**data)
+        """Build from a (possibly partial) mapping, as a YAML file gives it."""
+        return from_mapping(cls, data)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BenchmarkConfig":
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
     def model_config(self) -> LLMSegConfig:
-        return preset_with_overrides(self.preset, self.model)
+        return model_settings(self.preset, self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,6 +114,8 @@ class BenchmarkConfig:
 
 def oracle_iop_selection(proposals: Proposals, gt: np.ndarray, threshold: float) -> list[int]:
     """Indices of the proposals lying mostly inside the target (IoP >= threshold, ignore excluded)."""
+    from llmseg_model.metrics import proposal_overlaps
+
     inter, areas, _ = proposal_overlaps(proposals.rles, gt)
     iop = np.divide(inter, areas, out=np.zeros(len(areas)), where=areas > 0)
     return [int(i) for i in np.flatnonzero((areas > 0) & (iop >= threshold))]
@@ -131,6 +123,8 @@ def oracle_iop_selection(proposals: Proposals, gt: np.ndarray, threshold: float)
 
 def oracle_iou_selection(proposals: Proposals, gt: np.ndarray) -> list[int]:
     """The single proposal with the best IoU, or nothing when no proposal touches the target."""
+    from llmseg_model.metrics import proposal_overlaps
+
     inter, areas, target = proposal_overlaps(proposals.rles, gt)
     if not len(inter) or inter.max() == 0:
         return []
@@ -174,6 +168,8 @@ class _Scores:
     accumulators: dict[tuple[str, str, str, str], IoUAccumulator] = field(default_factory=dict)
 
     def add(self, dataset: str, group: str, mode: str, method: str, intersection: int, union: int) -> None:
+        from llmseg_model.metrics import IoUAccumulator
+
         for g in ("all", group) if group else ("all",):
             self.accumulators.setdefault((dataset, g, mode, method), IoUAccumulator()).add_counts(intersection, union)
 
@@ -192,6 +188,8 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
 
     `model`: an LLMSeg to use instead of building one from the config (tests pass a ready one).
     """
+    from llmseg_model.metrics import iou_from_counts, scored_counts
+
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config()
@@ -571,64 +569,45 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> None:
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _set(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {key} is not a mapping")
-    node[keys[-1]] = value
+def check_paths(config: BenchmarkConfig) -> None:
+    """What must exist before the benchmark loads anything: the model's weights (for the llmseg
+    method), the proposal cache and the data sets."""
+    if "llmseg" in config.methods:
+        config.model_config().weights.check_exist(trained=True, prefix="model.weights.")
+    if config.cache_dir:
+        require_existing("cache_dir", config.cache_dir, "proposal cache folder", folder=True)
+    check_data_paths(config.datasets, "datasets")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m llmseg_model.benchmark",
-        description="gIoU / cIoU (native resolution) and per-stage latency of LLM-Seg and proposal baselines.",
-    )
-    parser.add_argument("--config", help="benchmark YAML (see config/benchmark_tiny.yaml)")
-    parser.add_argument("--data", action="append", default=[], metavar="SPEC", help="data set spec; replaces the config's")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods to score")
-    parser.add_argument("--modes", nargs="+", choices=MODES, help="first instruction only, and/or every instruction")
-    parser.add_argument("--cache-dir", help="proposal cache for the baselines")
-    parser.add_argument("--output-dir", help="where results.json / results.md / benchmark.png go")
-    parser.add_argument("--device", help="torch device, e.g. cuda")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting by dotted key, e.g. model.weights.llava_path=/models/llava",
-    )
-    return parser
-
-
-def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, run, return the report."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data: dict[str, Any] = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
-    if args.data:
-        data["datasets"] = [dataclasses.asdict(DatasetSpec.parse(text)) for text in args.data]
-    for key, value in (("methods", args.methods), ("modes", args.modes), ("cache_dir", args.cache_dir),
-                       ("output_dir", args.output_dir), ("device", args.device)):
-        if value is not None:
-            data[key] = value
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        _set(data, key, yaml.safe_load(value))
-    config = BenchmarkConfig.from_dict(data)
+def run(config: BenchmarkConfig) -> dict[str, Any]:
+    """The command's work: the benchmark, its report logged."""
     report = run_benchmark(config)
     logger.info("\n%s", markdown_report(report))
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
-    exit_on_bad_input(run_cli, argv)
+COMMAND = Command(
+    name="llmseg-benchmark",
+    module="llmseg_model.benchmark",
+    config=BenchmarkConfig,
+    run=run,
+    description="gIoU / cIoU and per-stage latency of LLM-Seg and proposal baselines (config/benchmark_*.yaml).",
+    model_field="model",
+    check=check_paths,
+    outputs=lambda config: [config.output_dir],
+    uses_transformers=True,
+)
+
+
+def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, run, return the report (bad input: exit status 2)."""
+    return run_command(COMMAND, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`llmseg-benchmark`, `python -m llmseg_model.benchmark`)."""
+    run_cli(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,74 +9,215 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import os
+import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "tiny"
 
+# Named settings and what they may be. The modeling modules read them from here, so the library and
+# every command check a config the same way, before anything is loaded.
+LOWRES_LAYOUTS = ("pad", "stretch")  # proposals.lowres_layout
+LAYOUTS = ("letterbox", "stretch")  # features.layout
+POS_EMBEDS = ("hub", "hf")  # features.pos_embed
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # features.dtype, vlm.dtype
+ANSWER_MODES = ("given", "verified", "generate")  # vlm.answer_mode
+SEG_STATES = ("before_seg", "at_seg")  # vlm.seg_state
+FUSION_VARIANTS = ("published", "joint")  # fusion.variant
+IOP_REDUCTIONS = ("row", "pooled")  # loss.iop_reduction
+SCORINGS = ("native", "resize1024")  # how masks are scored (llmseg_model.metrics)
+PRESET_NAMES = ("tiny", "paper", "paper_llava15")  # the presets of PRESETS, below
+# The DINOv2 input layout and the proposals' low-res copies must describe the same geometry.
+MATCHING_LAYOUTS = {"letterbox": "pad", "stretch": "stretch"}
+
+
+# ------------------------------------------------------------------------------ checked fields
+
+
+def one_of(default: str, choices: tuple[str, ...]) -> Any:
+    """A str setting that must be one of `choices` (checked by `check_fields`, listed by --help)."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A number setting with bounds (checked by `check_fields`, enforced by the command line)."""
+    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def check_fields(config: Any, prefix: str = "") -> None:
+    """Raise ValueError naming the first field of a dataclass whose value has the wrong type, is
+    not one of its choices or is out of its bounds (`one_of`, `bounded`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), prefix + f.name
+        check_type(hints[f.name], value, key)
+        choices = f.metadata.get("choices")
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if choices is not None and item not in choices:
+                raise ValueError(f"{key} must be {'' if item is value else 'a list of '}one of {', '.join(choices)}; got {item!r}")
+        for name, (compare, symbol) in BOUNDS.items():
+            if name in f.metadata and not compare(value, f.metadata[name]):
+                raise ValueError(f"{key} must be {symbol} {f.metadata[name]}, got {value!r}")
+
+
+def check_type(hint: Any, value: Any, key: str) -> None:
+    """Raise ValueError when `value` is not of the plain type `hint` (int, float, str, bool, tuple,
+    list, dict; an int is a float; a bool is no number). Element types are left to the parsers."""
+    origin = typing.get_origin(hint) or hint
+    if origin is typing.Union or origin is typing.Any or not isinstance(origin, type):
+        return
+    if dataclasses.is_dataclass(origin):
+        ok = isinstance(value, origin)
+    elif origin is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is tuple:
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, origin)
+    if not ok:
+        raise ValueError(f"{key} must be {_type_name(origin)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(origin: type) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list",
+             list: "a list", dict: "a mapping"}
+    return names.get(origin, f"a {origin.__name__}")
+
+
+def from_mapping(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a (possibly partial) nested mapping such as a YAML file gives.
+
+    Unknown keys, wrong types and values out of range are a ValueError naming the setting
+    (`where` is the key of `data` itself, e.g. "datasets[0]."); nested dataclasses, lists of them and
+    tuples are built from their mappings and lists."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: missing setting(s) {missing}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _from_value(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # from the class's own checks
+        if not where:
+            raise
+        raise ValueError(prefixed(str(err), where, cls)) from None
+
+
+def _from_value(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if not dataclasses.is_dataclass(hint):
+        check_type(hint, value, key)
+    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        return from_mapping(hint, value, key + ".")
+    if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+        return [v if isinstance(v, args[0]) else from_mapping(args[0], v, f"{key}[{i}].") for i, v in enumerate(value)]
+    if (origin is tuple or hint is tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def prefixed(message: str, where: str, cls: type) -> str:
+    """An error about dataclass `cls` named from where it sits ("sources[0]."): a message that
+    starts with one of its settings gets `where` in front, any other one "where: "."""
+    if message.startswith(where.rstrip(".")):
+        return message
+    first = re.split(r"[.: \[]", message, maxsplit=1)[0]
+    if first in {f.name for f in dataclasses.fields(cls)}:
+        return f"{where}{message}"
+    return f"{where.rstrip('.')}: {message.removeprefix(cls.__name__ + ': ')}"
+
 
 @dataclass
 class SamConfig:
     """Architecture of the segment-anything model used for everything-mode proposals."""
 
-    encoder_embed_dim: int = 1280
-    encoder_depth: int = 32
-    encoder_num_heads: int = 16
-    encoder_global_attn_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    image_size: int = 1024
-    patch_size: int = 16
-    window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_depth: int = 2
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
+    encoder_embed_dim: int = bounded(1280, ge=1)
+    encoder_depth: int = bounded(32, ge=1)
+    encoder_num_heads: int = bounded(16, ge=1)
+    encoder_global_attn_indexes: tuple[int, ...] = (7, 15, 23, 31)  # blocks with global attention
+    image_size: int = bounded(1024, ge=1)
+    patch_size: int = bounded(16, ge=1)
+    window_size: int = bounded(14, ge=1)
+    prompt_embed_dim: int = bounded(256, ge=1)
+    decoder_depth: int = bounded(2, ge=1)
+    decoder_mlp_dim: int = bounded(2048, ge=1)
+    decoder_num_heads: int = bounded(8, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sam.")
+        outside = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if outside:
+            raise ValueError(f"sam.encoder_global_attn_indexes {outside} are not blocks of a {self.encoder_depth}-block encoder")
 
 
 @dataclass
 class ProposalConfig:
     """How SAM's automatic mask generator is run and how its masks are kept."""
 
-    max_side: int = 1024  # images are downscaled so their long side is at most this before SAM
-    top_k: int = 50  # proposals kept, largest area first; fewer are padded
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    box_nms_thresh: float = 0.7
-    min_mask_region_area: int = 0
+    max_side: int = bounded(1024, ge=1)  # images are downscaled so their long side is at most this before SAM
+    top_k: int = bounded(50, ge=1)  # proposals kept, largest area first; fewer are padded
+    points_per_side: int = bounded(32, ge=1)
+    points_per_batch: int = bounded(64, ge=1)
+    pred_iou_thresh: float = bounded(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = bounded(0.95, ge=0.0, le=1.0)
+    box_nms_thresh: float = bounded(0.7, ge=0.0, le=1.0)
+    min_mask_region_area: int = bounded(0, ge=0)
     # Side of the low-resolution copy used for mask pooling (published: 256, pooled against the
     # DINOv2 features upsampled to 256; the proposal cache stores it, ~0.3-0.6 MB an image at 256).
-    lowres_size: int = 256
+    lowres_size: int = bounded(256, ge=1)
     # How that copy is laid out. "pad": zero-pad bottom/right to a square, then bilinear with
     # antialias (the published pooling maps, utils/sam_mask_reader.py + reason_seg_dataset.py),
     # matching a letterboxed DINOv2 input. "stretch": area-resize the unpadded mask to a square
     # (what the tiny preset was trained with, beside its squashed DINOv2 input).
-    lowres_layout: str = "pad"
+    lowres_layout: str = one_of("pad", LOWRES_LAYOUTS)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "proposals.")
 
 
 @dataclass
 class FeatureConfig:
     """DINOv2 patch features and the trainable projection used for mask pooling."""
 
-    image_size: int = 896  # DINOv2 input side (a multiple of its patch size): 896 -> a 64x64 grid
-    embed_dim: int = 256  # output of the trainable 1x1 conv
+    image_size: int = bounded(896, ge=1)  # DINOv2 input side (a multiple of its patch size): 896 -> a 64x64 grid
+    embed_dim: int = bounded(256, ge=1)  # output of the trainable 1x1 conv
     # "letterbox": resize the long side to image_size and zero-pad bottom/right after normalising
     # (published: ResizeLongestSide + preprocess of utils/reason_seg_dataset.py). "stretch": resize
     # to image_size x image_size whatever the aspect ratio (the tiny preset's trained input).
-    layout: str = "letterbox"
+    layout: str = one_of("letterbox", LAYOUTS)
     # Side of the map pooling runs on. 0: pool on the patch grid, masks area-resized to it.
     # N > 0: features bilinearly upsampled to N x N and masks resized to N (published: 256,
     # model/LISA.py model_forward).
-    pool_size: int = 256
+    pool_size: int = bounded(256, ge=0)
     # Position-embedding interpolation for inputs larger than the pretraining grid. "hub": the
     # torch.hub DINOv2 rule the published model ran (bicubic with scale factor (grid + 0.1) / 37);
     # "hf": transformers' Dinov2Model rule (bicubic to the exact grid).
-    pos_embed: str = "hub"
+    pos_embed: str = one_of("hub", POS_EMBEDS)
     # DINOv2's weight dtype: "auto" is bfloat16 on CUDA (the published model ran the whole
     # network in bf16) and float32 on the CPU.
-    dtype: str = "auto"
+    dtype: str = one_of("auto", DTYPES)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "features.")
 
 
 # The published LLM-Seg conversation (LLaVA's llava_v1 template) and its question / answer
@@ -102,8 +243,6 @@ PUBLISHED_ANSWERS = (
     "Sure, the segmentation result is [SEG].",
     "[SEG].",
 )
-ANSWER_MODES = ("given", "verified", "generate")
-SEG_STATES = ("before_seg", "at_seg")
 
 
 @dataclass
@@ -111,9 +250,9 @@ class VlmConfig:
     """LLaVA with a `<SEG>` token, LoRA on the language model, and the conversation format."""
 
     seg_token: str = "[SEG]"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_r: int = bounded(8, ge=1)
+    lora_alpha: int = bounded(16, ge=1)
+    lora_dropout: float = bounded(0.05, ge=0.0, lt=1.0)
     # Regex so peft only wraps the language model's attention, never the vision tower.
     lora_target_regex: str = r".*language_model.*\.(q_proj|v_proj)"
     # Modules trained in full beside LoRA (LISA / LLM-Seg train the token embeddings and lm head so
@@ -136,18 +275,21 @@ class VlmConfig:
     strip_around_special: bool = True
     # Which last-layer hidden state becomes the <SEG> embedding: "before_seg" is the state whose
     # LM head predicts <SEG> (published, model/LISA.py), "at_seg" the state at <SEG> itself.
-    seg_state: str = "before_seg"
+    seg_state: str = one_of("before_seg", SEG_STATES)
     # "given": the answer is fed after the prompt and never checked (the published evaluation);
     # "verified": the answer is fed, checked against greedy decoding, generated where it differs;
     # "generate": greedy generation.
-    answer_mode: str = "given"
-    max_new_tokens: int = 32
-    max_instruction_chars: int = 1000
-    seg_embed_dim: int = 256
+    answer_mode: str = one_of("given", ANSWER_MODES)
+    max_new_tokens: int = bounded(32, ge=1)
+    max_instruction_chars: int = bounded(1000, ge=1)
+    seg_embed_dim: int = bounded(256, ge=1)
     seg_batch_norm: bool = False  # BatchNorm1d inside the <SEG> projection (Linear-BN-ReLU-Linear)
     # LLaVA's weight dtype: "auto" is bfloat16 on CUDA (as LISA / LLM-Seg train) and float32 on the
     # CPU; "float32", "bfloat16" or "float16" force one.
-    dtype: str = "auto"
+    dtype: str = one_of("auto", DTYPES)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "vlm.")
 
 
 @dataclass
@@ -160,25 +302,31 @@ class FusionConfig:
     # embedding. "joint": the tiny preset's trained variant: input projections, SEG joins the
     # self-attention and the MLP, cross-attentions in the other order, 3-layer heads, cosine
     # against a projection of the fused SEG.
-    variant: str = "published"
-    dim: int = 256
-    depth: int = 2
-    num_heads: int = 8
-    mlp_dim: int = 2048
-    dropout: float = 0.0
-    iop_hidden: int = 128  # published IoP head: Linear(dim, 128)-ReLU-Linear(128, 1)-Sigmoid
-    embedding_hidden: int = 2048  # published embedding head: Linear(dim, 2048)-ReLU-Linear(2048, dim)
+    variant: str = one_of("published", FUSION_VARIANTS)
+    dim: int = bounded(256, ge=1)
+    depth: int = bounded(2, ge=1)
+    num_heads: int = bounded(8, ge=1)
+    mlp_dim: int = bounded(2048, ge=1)
+    dropout: float = bounded(0.0, ge=0.0, lt=1.0)
+    iop_hidden: int = bounded(128, ge=1)  # published IoP head: Linear(dim, 128)-ReLU-Linear(128, 1)-Sigmoid
+    embedding_hidden: int = bounded(2048, ge=1)  # published embedding head: Linear(dim, 2048)-ReLU-Linear(2048, dim)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fusion.")
 
 
 @dataclass
 class SelectionConfig:
     """Threshold rule that turns per-proposal scores into the answer mask."""
 
-    iop_threshold: float = 0.5
+    iop_threshold: float = bounded(0.5, ge=0.0, lt=1.0)  # a proposal is kept when its IoP is above this
     # If nothing passes the threshold, fall back to the best IoU-head proposal when its IoP is at
     # least this (set > 1 to always report an empty result instead).
-    fallback_min_iop: float = 1.01
-    max_instances: int = 50
+    fallback_min_iop: float = bounded(1.01, ge=0.0)
+    max_instances: int = bounded(50, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "selection.")
 
 
 @dataclass
@@ -197,30 +345,30 @@ class InstanceConfig:
     """
 
     # Near-duplicates: SAM's multi-scale and multi-point outputs of one object.
-    iou_threshold: float = 0.5
+    iou_threshold: float = bounded(0.5, gt=0.0, le=1.0)
     # A part inside a whole: |a & b| / min(|a|, |b|) at or above this joins them.
-    containment_threshold: float = 0.6
+    containment_threshold: float = bounded(0.6, gt=0.0, le=1.0)
 
     def __post_init__(self) -> None:
-        for name in ("iou_threshold", "containment_threshold"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"InstanceConfig.{name} must be in (0, 1], got {value}")
+        check_fields(self, "instances.")
 
 
 @dataclass
 class LossConfig:
     """Weights of the LLM-Seg training losses."""
 
-    ce_weight: float = 1.0
-    align_weight: float = 1.0
-    iop_weight: float = 50.0
-    temperature: float = 0.05
+    ce_weight: float = bounded(1.0, ge=0.0)
+    align_weight: float = bounded(1.0, ge=0.0)
+    iop_weight: float = bounded(50.0, ge=0.0)
+    temperature: float = bounded(0.05, gt=0.0)
     # How the IoP regression is averaged. "row": 50 x the mean over each instruction row's
     # proposals, then the mean over rows (published model/loss.py iou_regression_loss, per round
     # and image). "pooled": 50 x the mean over every valid proposal of the batch (rows with many
     # proposals weigh more; the tiny preset was trained so).
-    iop_reduction: str = "row"
+    iop_reduction: str = one_of("row", IOP_REDUCTIONS)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss.")
 
 
 @dataclass
@@ -232,12 +380,29 @@ class WeightPaths:
     llava_path: str = ""  # a folder loadable with LlavaForConditionalGeneration.from_pretrained
     llmseg_weights: str = ""  # a folder with LLM-Seg's own trained weights (heads, LoRA)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "weights.")
+
+    def check_exist(self, trained: bool = True, prefix: str = "weights.") -> None:
+        """Raise FileNotFoundError naming the first weight path that is unset or missing, before
+        anything loads (`trained=False`: a new training run, llmseg_weights not needed)."""
+        kinds = {"sam_checkpoint": "SAM checkpoint file", "dinov2_path": "DINOv2 model folder",
+                 "llava_path": "LLaVA model folder", "llmseg_weights": "LLM-Seg trained weights folder"}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if name == "llmseg_weights" and not (trained or value):
+                continue
+            if not value:
+                raise FileNotFoundError(f"{prefix}{name} is not set: give the local path of the {kind}")
+            if not Path(value).expanduser().exists():
+                raise FileNotFoundError(f"{prefix}{name} = {value!r} does not exist ({kind}); nothing is downloaded")
+
 
 @dataclass
 class LLMSegConfig:
     """Everything needed to build an LLMSeg model, minus the weights."""
 
-    preset: str = "paper"
+    preset: str = one_of("paper", PRESET_NAMES)  # the preset these settings started from
     sam: SamConfig = field(default_factory=SamConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -248,13 +413,38 @@ class LLMSegConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     weights: WeightPaths = field(default_factory=WeightPaths)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every part again (they may have been changed since they were built) and what the
+        parts must agree on; raise ValueError naming the setting."""
+        check_fields(self)
+        for f in dataclasses.fields(self):
+            part = getattr(self, f.name)
+            if dataclasses.is_dataclass(part):
+                part.__post_init__()
+        dims = (self.features.embed_dim, self.vlm.seg_embed_dim, self.fusion.dim)
+        if self.fusion.variant == "published" and len(set(dims)) > 1:
+            raise ValueError(
+                f"the published fusion has no input projections: features.embed_dim ({dims[0]}), "
+                f"vlm.seg_embed_dim ({dims[1]}) and fusion.dim ({dims[2]}) must be equal"
+            )
+        wanted = MATCHING_LAYOUTS[self.features.layout]
+        if self.proposals.lowres_layout != wanted:
+            raise ValueError(
+                f"features.layout {self.features.layout!r} needs proposals.lowres_layout {wanted!r}, "
+                f"got {self.proposals.lowres_layout!r}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LLMSegConfig":
-        """Build from a (possibly partial) nested dict; unknown keys are an error."""
-        return _from_dict(cls, data)
+        """Build from a (possibly partial) nested dict; unknown keys, wrong types and values out of
+        range are a ValueError naming the setting."""
+        return from_mapping(cls, data)
 
     def save(self, path: str | Path) -> None:
         """Write as JSON. Weight paths inside the file's parent folder are stored relative to the
@@ -276,25 +466,6 @@ class LLMSegConfig:
             if value and not Path(value).expanduser().is_absolute():
                 setattr(config.weights, key, os.path.normpath(path.parent.resolve() / value))
         return config
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown setting(s) {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        default = getattr(cls(), name) if name in fields else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _from_dict(type(default), value)
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
 
 
 def paper_config(**weights: str) -> LLMSegConfig:
@@ -404,11 +575,31 @@ def merge_nested(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 def preset_with_overrides(name: str, overrides: dict[str, Any]) -> LLMSegConfig:
     """The named preset with nested overrides (as training and benchmark YAML files give them)."""
-    return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), overrides))
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"model: expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
+    return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), dict(overrides)))
+
+
+def model_settings(preset: str | LLMSegConfig, overrides: dict[str, Any], key: str = "model") -> LLMSegConfig:
+    """`preset_with_overrides` for a job config whose `key` field holds the overrides (on a preset
+    name or on a config): errors in them name the setting as the job's YAML and command line do
+    (model.vlm.answer_mode)."""
+    base = preset if isinstance(preset, LLMSegConfig) else preset_config(preset)
+    try:
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
+        return LLMSegConfig.from_dict(merge_nested(base.to_dict(), dict(overrides)))
+    except ValueError as err:
+        raise ValueError(prefixed(str(err), f"{key}.", LLMSegConfig)) from None
 
 
 def preset_config(name: str) -> LLMSegConfig:
-    """The named preset; an unknown name is an error listing the known ones."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    """The named preset, or the settings saved in an llmseg_config.json (`LLMSegConfig.save`, as
+    convert_official and training write them); anything else is an error listing the presets."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    if name.endswith(".json"):
+        if not Path(name).expanduser().is_file():
+            raise FileNotFoundError(f"preset {name!r}: no such llmseg_config.json file")
+        return LLMSegConfig.load(Path(name).expanduser())
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give an llmseg_config.json")

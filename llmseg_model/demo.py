@@ -5,64 +5,83 @@
 
 Writes a picture per instruction (llmseg_model.visualize: the instances the selected proposals
 form, each outlined and numbered, under a caption with the instruction and scores) and a results
-JSON to --out, and logs instances, IoU and timings.
+JSON to --out, and logs instances, IoU and timings. The model is imported and loaded after the
+settings, the weight paths and the image are checked.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from llmseg_model.config import WeightPaths, preset_config
-from llmseg_model.modeling.model import LLMSeg
-from llmseg_model.visualize import render_instances
+from llmseg_model.cli import Command, require_existing, run_command
+from llmseg_model.config import LLMSegConfig, bounded, check_fields, model_settings
 
 logger = logging.getLogger("llmseg_model.demo")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run LLM-Seg on one image with one or more instructions.")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    parser.add_argument("--image", help="RGB image file; default: a held-out procedural scene")
-    parser.add_argument("--instruction", action="append", default=[], help="repeatable; default: the scene's own")
-    parser.add_argument("--scene", type=int, default=0, help="index of the procedural test scene")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="outputs/demo")
-    for name in WeightPaths.__dataclass_fields__:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"override weights.{name}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+@dataclass
+class DemoConfig:
+    """One demo run: a model, an image and the instructions to answer about it."""
 
-    config = preset_config(args.preset)
-    for name in WeightPaths.__dataclass_fields__:
-        if getattr(args, name):
-            setattr(config.weights, name, getattr(args, name))
-    model = LLMSeg.from_config(config, device=args.device)
+    preset: str = "tiny"  # tiny | paper | paper_llava15, or a saved llmseg_config.json
+    model: dict = field(default_factory=dict)  # nested overrides of LLMSegConfig, e.g. {weights: {llava_path: ...}}
+    image: str = ""  # an RGB image file; empty: a held-out procedural scene
+    instruction: list[str] = field(default_factory=list)  # repeatable; default: the scene's own instructions
+    scene: int = bounded(0, ge=0)  # index of the procedural test scene (without --image)
+    device: str = "cpu"  # torch device, e.g. cuda
+    out: str = "outputs/demo"  # folder for image.png, overlay_<i>.png and results.json
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if any(not text.strip() for text in self.instruction):
+            raise ValueError("instruction: an instruction is empty")
+        self.model_config()  # the preset exists and the model overrides are valid
+
+    def model_config(self) -> LLMSegConfig:
+        return model_settings(self.preset, self.model)
+
+
+def check_paths(config: DemoConfig) -> None:
+    """The weights and the image exist before the model loads."""
+    config.model_config().weights.check_exist(trained=True, prefix="model.weights.")
+    if config.image:
+        require_existing("image", config.image, "image file", folder=False)
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise NotADirectoryError(f"out {config.out!r} is a file")
+
+
+def run(config: DemoConfig) -> list[dict]:
+    """Segment the image for every instruction; write the pictures and results.json."""
+    import numpy as np
+    from PIL import Image
+
+    from llmseg_model.modeling.model import LLMSeg
+    from llmseg_model.visualize import render_instances
 
     truth: list[np.ndarray | None] = []
-    if args.image:
-        image = np.asarray(Image.open(args.image).convert("RGB"))
-        instructions = args.instruction or ["the object in the middle"]
+    if config.image:
+        try:
+            image = np.asarray(Image.open(config.image).convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"image {config.image!r} cannot be read: {err}") from None
+        instructions = config.instruction or ["the object in the middle"]
         truth = [None] * len(instructions)
     else:
         from llmseg_model.data.procedural import ProceduralDataset
 
-        scene = ProceduralDataset("test", args.scene + 1).scene(args.scene)
+        scene = ProceduralDataset("test", config.scene + 1).scene(config.scene)
         image = scene.image
-        pairs = [(text, None) for text in args.instruction] or [
+        pairs = [(text, None) for text in config.instruction] or [
             (ins.text, scene.target_mask(ins.targets) > 0) for ins in scene.instructions
         ]
         instructions = [text for text, _ in pairs]
         truth = [mask for _, mask in pairs]
 
-    out_dir = Path(args.out)
+    model = LLMSeg.from_config(config.model_config(), device=config.device)
+    out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(out_dir / "image.png")
     frame = model.prepare(image)
@@ -94,6 +113,26 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%r -> %s", text, {k: entry[k] for k in logged if k in entry})
     (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     logger.info("wrote %s", out_dir)
+    return report
+
+
+COMMAND = Command(
+    name="llmseg-demo",
+    module="llmseg_model.demo",
+    config=DemoConfig,
+    run=run,
+    description="Run LLM-Seg on one image with one or more instructions.",
+    model_field="model",
+    check=check_paths,
+    outputs=lambda config: [config.out],
+    uses_transformers=True,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`llmseg-demo`, `python -m llmseg_model.demo`)."""
+    run_command(COMMAND, argv)
+    return 0
 
 
 if __name__ == "__main__":

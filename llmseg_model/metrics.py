@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from llmseg_model.config import SCORINGS
 from llmseg_model.data.sample import IGNORE_INDEX
 
 
@@ -60,9 +61,6 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     intersection = int(np.count_nonzero(valid_pred & target))
     union = int(np.count_nonzero(valid_pred)) + int(np.count_nonzero(target)) - intersection
     return intersection, union
-
-
-SCORINGS = ("native", "resize1024")
 
 
 def resize_nearest(mask: np.ndarray, size: int = 1024) -> np.ndarray:

@@ -16,11 +16,13 @@ What a distributed run keeps equal to a single-process one:
   best/); checkpoints are collective (every process adds its RNG state, DeepSpeed its shards);
 - logs from the main process only (accelerate's logger, tqdm on the main process); at the end
   every process hashes its trained weights and a difference is an error.
+
+torch, accelerate and the model are imported when training starts, so that `--help` and the
+checks of the settings (llmseg_model.cli) answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -29,18 +31,15 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import yaml
-from accelerate.logging import get_logger
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
+from llmseg_model.cli import Command, check_data_paths, require_existing, run_command
 from llmseg_model.data.mixing import build_dataset, build_mixture
 from llmseg_model.data.sample import SegSample
 from llmseg_model.train_config import TrainConfig
 
-logger = get_logger("llmseg_model.train")
+if TYPE_CHECKING:
+    import torch
 
 STATE_FILE = "trainer_state.json"  # in each checkpoint: where the run stood
 BEST_FILE = "best.json"
@@ -106,8 +105,12 @@ def validation_samples(config: TrainConfig) -> list[SegSample]:
 def train(config: TrainConfig) -> Path:
     """Run training; returns the folder of the trained weights to use (`weights.llmseg_weights`):
     the best validated one when validation is configured, else the final one."""
+    import torch
     from accelerate import Accelerator, PartialState
+    from accelerate.logging import get_logger
     from accelerate.utils import gather_object, set_seed
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
 
     from llmseg_model.data.proposal_cache import ProposalCache
     from llmseg_model.data.training import TrainingSet, collate
@@ -123,6 +126,7 @@ def train(config: TrainConfig) -> Path:
     cpu = not torch.cuda.is_available()
     accumulation = config.accumulation(PartialState(cpu=cpu).num_processes)
     accelerator = Accelerator(gradient_accumulation_steps=accumulation, mixed_precision=precision, cpu=cpu)
+    logger = get_logger("llmseg_model.train")  # main-process lines; needs the accelerator's state
     if accelerator.state.deepspeed_plugin is not None:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin, config, accumulation)
     set_seed(config.seed)
@@ -321,20 +325,50 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, state: 
     accelerator.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train LLM-Seg (LoRA + fusion heads) on cached SAM proposals.")
-    parser.add_argument("--config", help="training YAML (see config/train_tiny.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a top-level setting, e.g. steps=200")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if not _:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        data[key] = yaml.safe_load(value)
-    final = train(TrainConfig.from_dict(data or {}))
-    print(final)
+def check_paths(config: TrainConfig) -> None:
+    """What must exist before a training run loads anything: the base weights (not the trained
+    LLM-Seg weights, which training makes), init_from and the data sets."""
+    config.model_config().weights.check_exist(trained=False, prefix="model.weights.")
+    if config.init_from:
+        require_existing("init_from", config.init_from, "trained llmseg_weights folder")
+    check_data_paths(config.datasets, "datasets")
+    check_data_paths(config.val_datasets, "val_datasets")
+    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        raise NotADirectoryError(f"output_dir {config.output_dir!r} is a file")
+
+
+def has_training_state(output_dir: Path) -> bool:
+    """Whether a run's output folder holds checkpoints or trained weights (kept after a failure)."""
+    return any(output_dir.glob("checkpoint-*")) or (output_dir / "llmseg").is_dir() or (output_dir / "best").is_dir()
+
+
+def run(config: TrainConfig) -> Path:
+    """The command's work: train, then say where the weights are."""
+    final = train(config)
+    logging.getLogger("llmseg_model.train").info("trained weights in %s (for weights.llmseg_weights)", final)
+    return final
+
+
+COMMAND = Command(
+    name="llmseg-train",
+    module="llmseg_model.train",
+    config=TrainConfig,
+    run=run,
+    description="Train LLM-Seg (LoRA, <SEG> projection, fusion and heads) on cached SAM proposals.",
+    model_field="model",
+    require_config="no training config: give --config FILE (config/train_tiny.yaml trains the tiny preset); "
+    "options after it override its settings",
+    check=check_paths,
+    outputs=lambda config: [config.output_dir],
+    keep=has_training_state,
+    uses_transformers=True,
+)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Console entry point (`llmseg-train`, `python -m llmseg_model.train`)."""
+    run_command(COMMAND, argv, prog)
+    return 0
 
 
 if __name__ == "__main__":

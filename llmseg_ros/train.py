@@ -45,15 +45,18 @@ def resolve_config_args(args: list[str], share: Path | None) -> list[str]:
     return out
 
 
+PROG = "ros2 run llmseg_ros train"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run `llmseg_model.train.main` with the command line minus any `--ros-args ...` section."""
+    """Run `llmseg_model.train.main` with the command line minus any `--ros-args ...` section,
+    under this command's name (in --help, --version and error lines)."""
     from rclpy.utilities import remove_ros_args
 
     from llmseg_model import train
 
     args = remove_ros_args(sys.argv if argv is None else [sys.argv[0], *argv])[1:]
-    train.main(resolve_config_args(args, share_directory()))
-    return 0
+    return train.main(resolve_config_args(args, share_directory()), prog=PROG)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_config_validation():
         BenchmarkConfig(modes=["some"])
     with pytest.raises(ValueError, match="cache_dir"):
         BenchmarkConfig(methods=["random"])
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown setting"):
         BenchmarkConfig.from_dict({"metods": ["llmseg"]})
     with pytest.raises(ValueError, match="examples"):
         BenchmarkConfig(examples=-1)
@@ -272,8 +272,8 @@ def test_cli_on_shipped_tiny_preset(tmp_path):
             "--data", "procedural:test,size=5",
             "--modes", "first",
             "--output-dir", str(tmp_path),
-            "--set", "warmup=1",
-            "--set", "progress=false",
+            "--warmup", "1",
+            "--no-progress",
         ]
     )
     assert (tmp_path / "results.json").is_file() and (tmp_path / "benchmark.png").is_file()

@@ -210,7 +210,7 @@ sources:
 backend: {{kind: openai}}
 """
     )
-    assert main(["--config", str(config_path), "--backend", "offline", "--log-level", "WARNING"]) == 0
+    assert main(["--config", str(config_path), "--backend.kind", "offline", "-q"]) == 0
     report = json.loads((tmp_path / "cli_out" / "report.json").read_text())
     assert report["images"]["considered"] == 3 and report["images"]["over_quota"] >= 1
     assert report["buckets"] == {"lvis_small/simple": 2, "lvis_small/complex": 1}
@@ -218,7 +218,7 @@ backend: {{kind: openai}}
     assert {e["from_dataset"] for e in entries.values()} == {"lvis_small"}
 
     shutil.rmtree(tmp_path / "cli_out")
-    assert main(["--config", str(config_path), "--backend", "offline", "--limit", "1", "--log-level", "WARNING"]) == 0
+    assert main(["--config", str(config_path), "--backend.kind", "offline", "--limit", "1", "-q"]) == 0
     report = json.loads((tmp_path / "cli_out" / "report.json").read_text())
     assert report["images"]["considered"] == 1
 
@@ -227,7 +227,7 @@ def test_dry_run_prints_prompt_without_writing_splits(tmp_path, capsys):
     annotations = write_tiny_lvis(tmp_path)
     config_path = tmp_path / "datagen.yaml"
     config_path.write_text(json.dumps({"output_dir": str(tmp_path / "o"), "sources": [{"annotations": str(annotations)}]}))
-    assert main(["--config", str(config_path), "--dry-run", "--log-level", "WARNING"]) == 0
+    assert main(["--config", str(config_path), "--dry-run", "-q"]) == 0
     text = capsys.readouterr().out
     assert "images to process: 11" in text and "--- system ---" in text and "obj1:" in text
     assert not (tmp_path / "o" / "train.json").exists()

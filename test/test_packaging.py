@@ -26,7 +26,7 @@ PREFIX = Path(sys.prefix)
 
 # Python modules that come from pip (requirements*.txt), not from rosdep keys.
 PIP_ONLY = {"torch", "torchvision", "transformers", "tokenizers", "peft", "accelerate", "safetensors",
-            "segment_anything", "pycocotools", "matplotlib", "openai"}
+            "segment_anything", "pycocotools", "matplotlib", "openai", "jsonargparse"}
 # Python module -> rosdep key for the rest.
 ROSDEP_KEYS = {"numpy": "python3-numpy", "PIL": "python3-pil", "cv2": "python3-opencv", "yaml": "python3-yaml",
                "tqdm": "python3-tqdm"}

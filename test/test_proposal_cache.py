@@ -161,7 +161,7 @@ def test_cli_fills_and_resumes(tmp_path):
     config.save(config_path)
     argv = [
         "--cache-dir", str(tmp_path / "cache"),
-        "--config", str(config_path),
+        "--preset", str(config_path),
         "--random-sam-weights",
         "--data", "procedural:test,size=2,height=64,width=64,instructions_per_scene=2",
         "--no-progress",
@@ -173,9 +173,10 @@ def test_cli_fills_and_resumes(tmp_path):
     assert manifest["proposals"]["points_per_side"] == 4 and len(manifest["sam_weights"]) == 64
     data = build_dataset(DatasetSpec.parse("procedural:test,size=2,height=64,width=64,instructions_per_scene=2"))
     assert ProposalCache(tmp_path / "cache", config.sam, config.proposals).get(data[3]).image_size == (64, 64)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         pc.run_cli(["--cache-dir", str(tmp_path / "x"), "--data", "procedural:test,size=1",
-                 "--sam-checkpoint", str(tmp_path / "missing.safetensors")])
+                    "--model.weights.sam_checkpoint", str(tmp_path / "missing.safetensors")])
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_cli_takes_everything_from_a_training_config(tmp_path):

@@ -31,6 +31,10 @@ def test_max_instances_and_no_proposals():
 def test_bad_inputs_and_settings():
     with pytest.raises(ValueError):
         select_proposals(np.zeros(3), np.zeros(2), SelectionConfig())
-    for bad in (SelectionConfig(iop_threshold=1.0), SelectionConfig(iop_threshold=-0.1), SelectionConfig(max_instances=0)):
+    for name, value in (("iop_threshold", 1.0), ("iop_threshold", -0.1), ("max_instances", 0)):
+        with pytest.raises(ValueError, match=name):  # the dataclass refuses it
+            SelectionConfig(**{name: value})
+        bad = SelectionConfig()
+        setattr(bad, name, value)  # set afterwards, as a ROS parameter may
         with pytest.raises(ValueError):
             validate_selection_config(bad)

@@ -7,11 +7,11 @@ fingerprint of the image pixels. Each file is written to a temporary name and re
 so an interrupted precompute leaves only whole files and simply resumes.
 
 CLI: python -m llmseg_model.data.proposal_cache --cache-dir DIR --preset tiny --data SPEC [...]
+(torch and SAM are imported when the work starts, after the settings are checked.)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -20,18 +20,22 @@ import os
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from llmseg_model.cli import exit_on_bad_input
-from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, preset_config
+from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing, run_command
+from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, check_fields, model_settings, preset_config
 from llmseg_model.data.sample import SegSample
-from llmseg_model.modeling.proposals import Proposals, ProposalGenerator, build_sam
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmseg_model.data.mixing import DatasetSpec
+    from llmseg_model.modeling.proposals import ProposalGenerator, Proposals
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ def image_fingerprint(image: np.ndarray) -> str:
 def sam_fingerprint(sam: torch.nn.Module) -> str:
     """sha256 of SAM's state dict (names, dtypes, shapes, values): the weights as loaded, so a
     .pth and a .safetensors copy of one checkpoint agree and random weights are told apart."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(sam.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
@@ -216,6 +222,8 @@ class ProposalCache:
         if str(stored["key"]) != key:
             raise ValueError(f"proposal cache file {path} holds {str(stored['key'])!r}, not {key!r}")
         fingerprint = str(stored["fingerprint"])
+        from llmseg_model.modeling.proposals import Proposals
+
         if image is not None and fingerprint and fingerprint != image_fingerprint(image):
             raise ValueError(
                 f"proposal cache entry {key!r} in {self.root} was made from a different image: the data set "
@@ -327,94 +335,141 @@ def _image_of(dataset: Sequence[SegSample], index: int) -> tuple[str, str, Calla
     return sample.source, sample.image_id, sample.load_image
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like I/N, got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= I < N")
-    return index, count
+@dataclass
+class PrecomputeConfig:
+    """One precompute run: which images, with which SAM, into which cache."""
 
+    # A training YAML: its preset and model settings, data sets (training and validation) and
+    # cache folder are used unless given here.
+    train_config: str = ""
+    cache_dir: str = ""  # cache folder (created if missing)
+    # Data sets, repeatable: reasonseg:DIR | llmseg40k:JSON,image_root=DIR[,image_dir.SRC=DIR] |
+    # procedural:SPLIT,size=N | ade20k|cocostuff|mapillary|pascal_part|paco_lvis:DATA_DIR |
+    # refclef|refcoco|refcoco+|refcocog:DATA_DIR[,split_by=S] (options: limit=N).
+    data: list[str] = field(default_factory=list)
+    preset: str = ""  # model preset whose SAM and proposal settings to use (default: tiny, or the training config's)
+    model: dict = field(default_factory=dict)  # overrides of its sam, proposals and weights settings
+    random_sam_weights: bool = False  # randomly initialised SAM (seeded by seed); for timing and tests only
+    seed: int = 0  # seed for random_sam_weights
+    device: str = "cpu"  # torch device for SAM, e.g. cuda or cuda:1
+    shard: str = "0/1"  # I/N: this process fills shard I of N (one process per GPU)
+    skip_errors: bool = False  # log and skip images that fail
+    progress: bool = True  # a progress bar
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m llmseg_model.data.proposal_cache",
-        description="Precompute SAM everything-mode proposals into a resumable on-disk cache.",
-    )
-    parser.add_argument(
-        "--train-config",
-        help="training YAML: take the preset, model overrides, data sets (training and validation) and "
-        "cache folder from it",
-    )
-    parser.add_argument("--cache-dir", help="cache folder (created if missing)")
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="data set, repeatable: reasonseg:DIR | llmseg40k:JSON,image_root=DIR[,image_dir.SRC=DIR] "
-        "| procedural:SPLIT,size=N | ade20k|cocostuff|mapillary|pascal_part|paco_lvis:DATA_DIR "
-        "| refclef|refcoco|refcoco+|refcocog:DATA_DIR[,split_by=S] (options: limit=N)",
-    )
-    parser.add_argument("--preset", default="tiny", help="model preset whose SAM and proposal settings to use")
-    parser.add_argument("--config", help="LLMSegConfig JSON file; replaces the preset")
-    parser.add_argument("--sam-checkpoint", help="SAM weights (default: the config's weights.sam_checkpoint)")
-    parser.add_argument(
-        "--random-sam-weights",
-        action="store_true",
-        help="randomly initialised SAM (seeded by --seed); for timing and tests only",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-sam-weights")
-    parser.add_argument("--device", default="cpu", help="torch device for SAM, e.g. cuda or cuda:1")
-    parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="I/N", help="process shard I of N")
-    parser.add_argument("--skip-errors", action="store_true", help="log and skip images that fail")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.train_config and self.preset:
+            raise ValueError("give preset or train_config (which names its preset), not both")
+        self.shard_range()
+        self.model_config()
 
+    def shard_range(self) -> tuple[int, int]:
+        """(I, N) of `shard`."""
+        try:
+            index, count = (int(x) for x in self.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"shard must look like I/N, got {self.shard!r}") from None
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard {self.shard}: need 0 <= I < N")
+        return index, count
 
-def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
-    """Parse the command line, fill the cache, return the counts."""
-    from llmseg_model.data.mixing import DatasetSpec, build_dataset
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    specs = [DatasetSpec.parse(text) for text in args.data]
-    cache_dir = args.cache_dir
-    if args.train_config:
+    def train(self) -> Any:
         from llmseg_model.train_config import TrainConfig
 
-        train_config = TrainConfig.from_yaml(args.train_config)
-        config = train_config.model_config()
-        specs = specs or list(train_config.datasets) + list(train_config.val_datasets)
-        cache_dir = cache_dir or train_config.cache_dir
-    else:
-        config = LLMSegConfig.load(args.config) if args.config else preset_config(args.preset)
-    if not cache_dir:
-        parser.error("give --cache-dir (or --train-config)")
+        return TrainConfig.from_yaml(self.train_config) if self.train_config else None
+
+    def model_config(self) -> LLMSegConfig:
+        """The training config's model (or the preset) with this run's overrides."""
+        train = self.train()
+        return model_settings(train.model_config() if train else self.preset or "tiny", self.model)
+
+    def datasets(self) -> list[DatasetSpec]:
+        """The --data specs, else the training config's training and validation data sets."""
+        if self.data:
+            return data_specs(self.data)
+        train = self.train()
+        return list(train.datasets) + list(train.val_datasets) if train else []
+
+    def cache_folder(self) -> str:
+        train = self.train()
+        return self.cache_dir or (train.cache_dir if train else "")
+
+
+def base_model(found: dict[str, Any]) -> LLMSegConfig:
+    """The model the --model.* defaults show: the training config's, else the preset's."""
+    if found.get("train_config"):
+        from llmseg_model.train_config import TrainConfig
+
+        return TrainConfig.from_yaml(found["train_config"]).model_config()
+    return preset_config(found.get("preset") or "tiny")
+
+
+def check_paths(config: PrecomputeConfig) -> None:
+    """A cache folder, data sets and SAM weights are given and exist before SAM loads."""
+    if not config.cache_folder():
+        raise ValueError("give cache_dir (or train_config)")
+    specs = config.datasets()
     if not specs:
-        parser.error("give at least one --data SPEC (or --train-config)")
-    if args.random_sam_weights:
-        checkpoint = None
-        torch.manual_seed(args.seed)
-    else:
-        checkpoint = args.sam_checkpoint or config.weights.sam_checkpoint
+        raise ValueError("give at least one data set: --data SPEC (or train_config)")
+    check_data_paths(specs, "data" if config.data else "train_config datasets")
+    if not config.random_sam_weights:
+        checkpoint = config.model_config().weights.sam_checkpoint
         if not checkpoint:
-            parser.error("no SAM weights: pass --sam-checkpoint (or set weights.sam_checkpoint in the config)")
-        if not Path(checkpoint).is_file():
-            parser.error(f"SAM checkpoint not found: {checkpoint} (set --sam-checkpoint)")
-    sam = build_sam(config.sam, checkpoint).to(args.device)
-    cache = ProposalCache(cache_dir, config.sam, config.proposals, generator=ProposalGenerator(sam, config.proposals))
-    datasets = [build_dataset(spec) for spec in specs]
-    stats = precompute(datasets, cache, args.shard, args.skip_errors, progress=not args.no_progress)
+            raise FileNotFoundError("no SAM weights: set model.weights.sam_checkpoint (or random_sam_weights for tests)")
+        require_existing("model.weights.sam_checkpoint", checkpoint, "SAM checkpoint file", folder=False)
+
+
+def run(config: PrecomputeConfig) -> PrecomputeStats:
+    """Fill the cache; returns the counts."""
+    import torch
+
+    from llmseg_model.data.mixing import build_dataset
+    from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
+
+    model = config.model_config()
+    if config.random_sam_weights:
+        checkpoint = None
+        torch.manual_seed(config.seed)
+    else:
+        checkpoint = model.weights.sam_checkpoint
+    sam = build_sam(model.sam, checkpoint).to(config.device)
+    cache = ProposalCache(config.cache_folder(), model.sam, model.proposals, generator=ProposalGenerator(sam, model.proposals))
+    datasets = [build_dataset(spec) for spec in config.datasets()]
+    stats = precompute(datasets, cache, config.shard_range(), config.skip_errors, progress=config.progress)
     logger.info("done: %s", json.dumps(dataclasses.asdict(stats)))
     return stats
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
-    exit_on_bad_input(run_cli, argv)
+def holds_proposals(folder: Path) -> bool:
+    """Whether a cache folder holds computed proposals (kept after a failure: the run resumes)."""
+    return any((folder / "proposals").rglob("*.npz"))
+
+
+COMMAND = Command(
+    name="llmseg-precompute",
+    module="llmseg_model.data.proposal_cache",
+    config=PrecomputeConfig,
+    run=run,
+    description="Precompute SAM everything-mode proposals into a resumable on-disk cache.",
+    model_field="model",
+    model_sections=("sam", "proposals", "weights"),
+    base_model=base_model,
+    prescan_keys=("preset", "train_config"),
+    check=check_paths,
+    outputs=lambda config: [config.cache_folder()],
+    keep=holds_proposals,
+)
+
+
+def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
+    """Parse the command line, fill the cache, return the counts (bad input: exit status 2)."""
+    return run_command(COMMAND, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`llmseg-precompute`, `python -m llmseg_model.data.proposal_cache`)."""
+    run_cli(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 from llmseg_model.datagen.config import BoxMaskConfig, SourceConfig
+
+if TYPE_CHECKING:  # torch is imported by BoxMasker only, so the datagen command starts fast
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -290,9 +292,16 @@ class BoxMasker:
         sam_config = preset_config(config.sam_preset).sam
         return cls(build_sam(sam_config, config.sam_checkpoint or None), config)
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray, boxes_xywh: np.ndarray, chunk: int = 32) -> list[np.ndarray | None]:
         """image: (H, W, 3) uint8 RGB; boxes: (N, 4) XYWH. Returns one (H, W) bool mask or None per box."""
+        import torch
+
+        with torch.inference_mode():
+            return self._masks(image, boxes_xywh, chunk)
+
+    def _masks(self, image: np.ndarray, boxes_xywh: np.ndarray, chunk: int) -> list[np.ndarray | None]:
+        import torch
+
         boxes_xywh = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4)
         if len(boxes_xywh) == 0:
             return []

@@ -9,10 +9,11 @@ to a default.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmseg_model.config import PRESET_NAMES, bounded, check_fields, from_mapping, one_of
 
 SOURCE_KINDS = ("lvis", "egoobjects")
 BACKEND_KINDS = ("offline", "openai")
@@ -23,15 +24,18 @@ BUCKETS = ("simple", "complex")
 class SourceConfig:
     """One annotation set. `lvis` carries polygon/RLE masks; `egoobjects` carries boxes only."""
 
-    kind: str = "lvis"  # "lvis" (COCO-format with masks) or "egoobjects" (COCO-format, boxes only)
+    kind: str = one_of("lvis", SOURCE_KINDS)  # "lvis" (COCO-format with masks) or "egoobjects" (COCO-format, boxes only)
     annotations: str = ""  # path to the annotation JSON
     image_dir: str = ""  # folder with the images; may be empty for lvis (masks need no pixels)
     name: str = ""  # the "from_dataset" value written for its images; defaults to `kind`
     captions: str = ""  # optional COCO-captions JSON (same image ids) added to the scene summary
-    max_images: int = 0  # images taken from this set after filtering; 0 = all
+    max_images: int = bounded(0, ge=0)  # images taken from this set after filtering; 0 = all
     # Images per category bucket ("simple": 2-5 categories, "complex": >= 6); a missing bucket is
     # unlimited. The paper took 6000 simple + 4000 complex LVIS images.
     bucket_quota: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @property
     def dataset_name(self) -> str:
@@ -42,69 +46,84 @@ class SourceConfig:
 class SelectionConfig:
     """How the objects a question may refer to are picked from an image's annotations."""
 
-    min_categories: int = 2  # images with fewer distinct (kept) categories are skipped
-    simple_max_categories: int = 5  # 2..5 categories -> "simple" bucket, more -> "complex"
-    max_listed_categories: int = 8  # most important categories listed to the LLM
-    max_instances_per_category: int = 6  # categories with more instances are left out (crowds)
-    min_area_fraction: float = 0.002  # a category is kept when its largest instance covers this
+    min_categories: int = bounded(2, ge=1)  # images with fewer distinct (kept) categories are skipped
+    simple_max_categories: int = bounded(5, ge=1)  # 2..5 categories -> "simple" bucket, more -> "complex"
+    max_listed_categories: int = bounded(8, ge=1)  # most important categories listed to the LLM
+    max_instances_per_category: int = bounded(6, ge=1)  # categories with more instances are left out (crowds)
+    min_area_fraction: float = bounded(0.002, ge=0.0, le=1.0)  # a category is kept when its largest instance covers this
     main_category_boost: float = 1.0  # importance bonus for EgoObjects' main category
     skip_not_exhaustive: bool = True  # leave out LVIS categories marked not exhaustively annotated
+
+    def __post_init__(self) -> None:
+        check_fields(self, "selection.")
 
 
 @dataclass
 class BoxMaskConfig:
     """SAM box prompts that turn box-only annotations (EgoObjects) into masks."""
 
-    sam_preset: str = "paper"  # architecture from llmseg_model.config presets ("paper" = ViT-H)
+    sam_preset: str = one_of("paper", PRESET_NAMES)  # architecture from llmseg_model.config presets ("paper" = ViT-H)
     sam_checkpoint: str = ""  # SAM weights (.pth or .safetensors); required for box-only sources
     allow_random_weights: bool = False  # testing only: build SAM without weights
-    device: str = "cpu"
-    box_margin: float = 0.05  # mask pixels further than this fraction of the box side are cut
-    min_box_fill: float = 0.05  # masks covering less of their box are treated as empty
+    device: str = "cpu"  # torch device for SAM
+    box_margin: float = bounded(0.05, ge=0.0)  # mask pixels further than this fraction of the box side are cut
+    min_box_fill: float = bounded(0.05, ge=0.0)  # masks covering less of their box are treated as empty (> 1: always)
     fallback_to_box: bool = False  # use the filled box when SAM's mask is empty, instead of dropping
+
+    def __post_init__(self) -> None:
+        check_fields(self, "box_masks.")
 
 
 @dataclass
 class PromptConfig:
     """What is asked of the LLM and what an acceptable question looks like."""
 
-    questions_per_image: int = 3
-    min_questions: int = 1  # re-ask until this many are accepted; fewer after all attempts rejects the image
-    max_answer_objects: int = 4  # an answer may be the union of at most this many objects
+    questions_per_image: int = bounded(3, ge=1)
+    min_questions: int = bounded(1, ge=1)  # re-ask until this many are accepted; fewer after all attempts rejects the image
+    max_answer_objects: int = bounded(4, ge=1)  # an answer may be the union of at most this many objects
     allow_category_names: bool = False  # allow a question to name an answer's category outright
-    min_question_chars: int = 12
-    max_question_chars: int = 400
+    min_question_chars: int = bounded(12, ge=0)
+    max_question_chars: int = bounded(400, ge=1)
     send_image: bool = False  # also send the image (data URL) to vision-capable models
     extra_instructions: str = ""  # appended to the system prompt
+
+    def __post_init__(self) -> None:
+        check_fields(self, "prompt.")
 
 
 @dataclass
 class BackendConfig:
     """Where questions come from: an OpenAI-compatible chat endpoint, or offline templates."""
 
-    kind: str = "offline"  # "openai" or "offline"
+    kind: str = one_of("offline", BACKEND_KINDS)  # "openai" or "offline"
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
-    temperature: float = 0.7
-    max_tokens: int = 1024
+    temperature: float = bounded(0.7, ge=0.0)
+    max_tokens: int = bounded(1024, ge=1)
     json_mode: bool = True  # send response_format={"type": "json_object"}
-    timeout_s: float = 60.0  # per request
-    max_retries: int = 4  # transport retries per request (timeouts, 429, 5xx, connection errors)
-    backoff_s: float = 1.0  # first retry delay; doubles each retry, with jitter
-    backoff_max_s: float = 30.0
-    max_attempts: int = 3  # requests per image when the answer is malformed or fully rejected
-    requests_per_minute: float = 60.0  # shared by all workers; 0 = unlimited
-    concurrency: int = 4  # requests in flight at once
+    timeout_s: float = bounded(60.0, gt=0.0)  # per request
+    max_retries: int = bounded(4, ge=0)  # transport retries per request (timeouts, 429, 5xx, connection errors)
+    backoff_s: float = bounded(1.0, ge=0.0)  # first retry delay; doubles each retry, with jitter
+    backoff_max_s: float = bounded(30.0, ge=0.0)
+    max_attempts: int = bounded(3, ge=1)  # requests per image when the answer is malformed or fully rejected
+    requests_per_minute: float = bounded(60.0, ge=0.0)  # shared by all workers; 0 = unlimited
+    concurrency: int = bounded(4, ge=1)  # requests in flight at once
+
+    def __post_init__(self) -> None:
+        check_fields(self, "backend.")
 
 
 @dataclass
 class SplitConfig:
     """Fractions of images per split; assignment is a stable hash of the image name."""
 
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
+    train: float = bounded(0.8, ge=0.0, le=1.0)
+    val: float = bounded(0.1, ge=0.0, le=1.0)
+    test: float = bounded(0.1, ge=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "split.")
 
 
 @dataclass
@@ -112,9 +131,9 @@ class DatagenConfig:
     """One generation run."""
 
     sources: list[SourceConfig] = field(default_factory=list)
-    output_dir: str = "llmseg40k_out"
+    output_dir: str = "llmseg40k_out"  # split files, progress log, report
     seed: int = 0
-    limit: int = 0  # total images processed in this run (after resume skips); 0 = all
+    limit: int = bounded(0, ge=0)  # total images processed in this run (after resume skips); 0 = all
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     box_masks: BoxMaskConfig = field(default_factory=BoxMaskConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -122,7 +141,9 @@ class DatagenConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
-        self.sources = [s if isinstance(s, SourceConfig) else _build(SourceConfig, s, "sources[]") for s in self.sources]
+        self.sources = [s if isinstance(s, SourceConfig) else from_mapping(SourceConfig, s, f"sources[{i}].")
+                        for i, s in enumerate(self.sources)]
+        check_fields(self)
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -166,7 +187,9 @@ class DatagenConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DatagenConfig":
-        return _build(cls, data, "datagen config")
+        """Build from a (possibly partial) mapping; unknown keys, wrong types and values out of range
+        are a ValueError naming the setting."""
+        return from_mapping(cls, data)
 
     @classmethod
     def load(cls, path: str | Path) -> "DatagenConfig":
@@ -178,33 +201,3 @@ class DatagenConfig:
             raise FileNotFoundError(f"datagen config not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}
         return cls.from_dict(data)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build a dataclass from a nested mapping; unknown keys are a ValueError naming them."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        elif typing.get_origin(hint) is list:
-            if not isinstance(value, list):
-                raise ValueError(f"{where}.{name}: expected a list, got {type(value).__name__}")
-            (item,) = typing.get_args(hint)
-            if dataclasses.is_dataclass(item):
-                value = [_build(item, v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
-            kwargs[name] = list(value)
-        elif typing.get_origin(hint) is dict:
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}.{name}: expected a mapping, got {type(value).__name__}")
-            kwargs[name] = dict(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)

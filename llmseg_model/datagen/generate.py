@@ -11,7 +11,7 @@ every image already in the log, then rebuilds the split files and the report.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -39,7 +39,8 @@ from llmseg_model.datagen.config import DatagenConfig
 from llmseg_model.datagen.prompts import ResponseFormatError, build_messages, parse_response
 from llmseg_model.datagen.selection import ObjectPlan, Scene, build_scene, plan_objects
 from llmseg_model.datagen.validate import QAPair, validate_items
-from llmseg_model.datagen.writer import ProgressLog, split_of, write_json_atomic, write_splits
+from llmseg_model.cli import Command, require_existing, run_command
+from llmseg_model.datagen.writer import PROGRESS_FILE, ProgressLog, split_of, write_json_atomic, write_splits
 
 logger = logging.getLogger(__name__)
 
@@ -375,37 +376,68 @@ def dry_run(config: DatagenConfig, generator: Generator, out=None) -> None:
             break
 
 
+@dataclass
+class DatagenRun(DatagenConfig):
+    """A generation run as the command line gives it: the settings, and whether to stop early."""
+
+    dry_run: bool = False  # show selection counts and one prompt; no masks of box-only sets, no LLM calls
+
+    def settings(self) -> DatagenConfig:
+        """The generation settings alone (what the run writes to datagen_config.json)."""
+        return DatagenConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DatagenConfig)})
+
+
+def check_paths(config: DatagenRun) -> None:
+    """The settings work together and the annotation files, image folders and SAM weights exist
+    before anything is read."""
+    config.validate()
+    for i, source in enumerate(config.sources):
+        require_existing(f"sources[{i}].annotations", source.annotations, "annotation JSON", folder=False)
+        if source.image_dir:
+            require_existing(f"sources[{i}].image_dir", source.image_dir, "image folder", folder=True)
+        if source.captions:
+            require_existing(f"sources[{i}].captions", source.captions, "captions JSON", folder=False)
+    boxes_only = any(source.kind == "egoobjects" for source in config.sources)
+    if boxes_only and not config.dry_run and not config.box_masks.allow_random_weights:
+        require_existing("box_masks.sam_checkpoint", config.box_masks.sam_checkpoint, "SAM weights for box-only sources",
+                         folder=False)
+
+
+def run(config: DatagenRun) -> dict:
+    """Generate (or show what would be generated); returns the report."""
+    generator = Generator(config.settings())
+    if config.dry_run:
+        dry_run(config, generator)
+        return {}
+    report = generator.run()
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def holds_progress(folder: Path) -> bool:
+    """Whether an output folder holds finished images (kept after a failure: the run resumes)."""
+    log = folder / PROGRESS_FILE
+    return log.is_file() and log.stat().st_size > 0
+
+
+COMMAND = Command(
+    name="llmseg-datagen",
+    module="llmseg_model.datagen.generate",
+    config=DatagenRun,
+    run=run,
+    description=__doc__.splitlines()[0],
+    require_config="no datagen config: give --config FILE (e.g. config/datagen_offline.yaml); options after it "
+    "override its settings",
+    check=check_paths,
+    outputs=lambda config: [] if config.dry_run else [config.output_dir],
+    keep=holds_progress,
+    bad_input=(FileNotFoundError, NotADirectoryError, ValueError, KeyError, BackendError),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="datagen YAML, e.g. config/datagen.yaml")
-    parser.add_argument("--output-dir", help="override output_dir")
-    parser.add_argument("--backend", choices=("openai", "offline"), help="override backend.kind")
-    parser.add_argument("--limit", type=int, help="override limit (images this run)")
-    parser.add_argument("--concurrency", type=int, help="override backend.concurrency")
-    parser.add_argument("--dry-run", action="store_true", help="show selection counts and one prompt; no LLM calls")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        config = DatagenConfig.load(args.config)
-        if args.output_dir:
-            config.output_dir = args.output_dir
-        if args.backend:
-            config.backend.kind = args.backend
-        if args.limit is not None:
-            config.limit = args.limit
-        if args.concurrency is not None:
-            config.backend.concurrency = args.concurrency
-        generator = Generator(config)
-        if args.dry_run:
-            dry_run(config, generator)
-            return 0
-        report = generator.run()
-    except (FileNotFoundError, ValueError, BackendError) as error:
-        logger.error("%s", error)
-        return 2
-    print(json.dumps(report, indent=2))
+    """Console entry point (`llmseg-datagen`, `python -m llmseg_model.datagen.generate`)."""
+    run_command(COMMAND, argv)
     return 0
 
 

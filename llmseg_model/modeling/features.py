@@ -20,12 +20,10 @@ from torch import nn
 from transformers import Dinov2Model
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
-from llmseg_model.config import FeatureConfig
+from llmseg_model.config import LAYOUTS, POS_EMBEDS, FeatureConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LAYOUTS = ("letterbox", "stretch")
-POS_EMBEDS = ("hub", "hf")
 
 
 class HubInterpolationEmbeddings(Dinov2Embeddings):

@@ -24,9 +24,7 @@ from torch import nn
 from segment_anything.modeling.common import MLPBlock
 from segment_anything.modeling.transformer import Attention
 
-from llmseg_model.config import FusionConfig
-
-FUSION_VARIANTS = ("published", "joint")
+from llmseg_model.config import FUSION_VARIANTS, FusionConfig
 
 
 class MLP(nn.Module):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmseg_model.config import LossConfig
+from llmseg_model.config import IOP_REDUCTIONS, LossConfig
 
 
 @dataclass
@@ -29,9 +29,6 @@ def alignment_loss(cosine: torch.Tensor, gt_iou: torch.Tensor, valid: torch.Tens
     terms = torch.where(valid, target * (torch.log(target.clamp_min(1e-12)) - log_pred), torch.zeros_like(target))
     has_any = valid.any(dim=-1)
     return terms.sum(-1)[has_any].mean() if has_any.any() else cosine.sum() * 0.0
-
-
-IOP_REDUCTIONS = ("row", "pooled")
 
 
 def iop_loss(pred: torch.Tensor, gt_iop: torch.Tensor, valid: torch.Tensor, weight: float, reduction: str = "row") -> torch.Tensor:

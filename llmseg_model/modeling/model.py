@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmseg_model.config import LLMSegConfig, preset_config
+from llmseg_model.config import MATCHING_LAYOUTS, LLMSegConfig, preset_config
 from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
 from llmseg_model.modeling.fusion import build_fusion
 from llmseg_model.modeling.instances import instance_masks, merge_instances
@@ -68,10 +68,6 @@ def vlm_dtype(name: str, use_cuda: bool, setting: str = "vlm.dtype") -> torch.dt
     if name not in VLM_DTYPES:
         raise ValueError(f"{setting} must be 'auto' or one of {sorted(VLM_DTYPES)}, got {name!r}")
     return VLM_DTYPES[name]
-
-
-# The DINOv2 input layout and the proposals' low-res copies must describe the same geometry.
-MATCHING_LAYOUTS = {"letterbox": "pad", "stretch": "stretch"}
 
 
 class LLMSeg(nn.Module):

@@ -27,7 +27,7 @@ from segment_anything.utils.amg import (
 )
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from llmseg_model.config import ProposalConfig, SamConfig
+from llmseg_model.config import LOWRES_LAYOUTS, ProposalConfig, SamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,6 @@ def encode_rles(masks: np.ndarray) -> list[dict]:
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
-
-
-LOWRES_LAYOUTS = ("pad", "stretch")
 
 
 def lowres_masks(masks: np.ndarray, size: int, layout: str = "pad") -> torch.Tensor:
