@@ -515,11 +515,15 @@ class SegmentationNode(LifecycleNode):
 
         self._apply_runtime(model, runtime)
         answers, batch = self._query(model, features, [m.job for m in members if not m.replied])
-        self._stats.batch(batch, cached is None)
+        if batch:
+            self._stats.batch(batch, cached is None)
         for member, answer in zip([m for m in members if not m.replied], answers):
             job = member.job
             if isinstance(answer, str):
                 self._answer(member, self._status(job, SegmentationResult.BAD_INSTRUCTION, answer, frame))
+                continue
+            if isinstance(answer, ValueError):
+                self._answer(member, self._status(job, SegmentationResult.MODEL_ERROR, str(answer), frame))
                 continue
             member.stages.update({k: v for k, v in answer.timings.items() if k not in features.timings})
             result = self._status(job, SegmentationResult.OK, "", frame)
@@ -581,8 +585,9 @@ class SegmentationNode(LifecycleNode):
 
     @staticmethod
     def _query(model: Any, features: Any, jobs: list[Job]) -> tuple[list[Any], int]:
-        """One LLMSeg.query_batch for the jobs: a model Result each, or the reason (str) its
-        instruction was refused. A refused instruction (query_batch names its index) is taken
+        """One LLMSeg.query_batch for the jobs: a model Result each, or why it has none: a str (its
+        instruction was refused: BAD_INSTRUCTION) or a ValueError (the model refused the batch for
+        another reason: MODEL_ERROR). A refused instruction (query_batch names its index) is taken
         out and the rest asked again, so one bad instruction spoils nothing for the others."""
         answers: list[Any] = [None] * len(jobs)
         pending = list(range(len(jobs)))
@@ -594,15 +599,9 @@ class SegmentationNode(LifecycleNode):
                 if found and int(found[1]) < len(pending):
                     answers[pending.pop(int(found[1]))] = found[2]
                     continue
-                if len(pending) == 1:
-                    answers[pending[0]] = str(invalid)
-                    break
-                for i in pending:  # a refusal that names no instruction: ask each alone
-                    try:
-                        answers[i] = model.query(features, jobs[i].text, jobs[i].phrase)
-                    except ValueError as alone:
-                        answers[i] = str(alone)
-                return answers, 1
+                for i in pending:
+                    answers[i] = invalid
+                return answers, 0
             for i, answer in zip(pending, batch):
                 answers[i] = answer
             return answers, len(pending)

@@ -36,7 +36,8 @@ class Spec:
     phase: str
     kind: type = str
     low: float | None = None  # inclusive
-    high: float | None = None  # inclusive
+    high: float | None = None  # inclusive, unless below_high
+    below_high: bool = False  # the value must be below `high` (as the model's own check has it)
     choices: tuple[str, ...] = ()
     pattern: str = ""
     preset_key: str = ""  # "section.field" of LLMSegConfig that supplies the default
@@ -50,6 +51,8 @@ class Spec:
             constraints.append(f"default: the preset's {self.preset_key}")
         if self.choices:
             constraints.append("one of " + ", ".join(self.choices))
+        if self.below_high:
+            constraints.append(f"below {self.high}")
         descriptor.additional_constraints = "; ".join(constraints)
         descriptor.read_only = self.phase == STARTUP
         if self.kind is float and self.low is not None:
@@ -106,8 +109,8 @@ SPECS: tuple[Spec, ...] = (
     _i("feature_cache_size", 2, 1, 100, "frames whose proposals and features are kept for further instructions",
        CONFIGURE),
     # --- runtime
-    _f("selection.iop_threshold", None, 0.0, 1.0, "IoP score a proposal needs to be selected",
-       preset_key="selection.iop_threshold"),
+    Spec("selection.iop_threshold", None, "IoP a proposal must exceed to be selected, in [0, 1)", RUNTIME, float,
+         0.0, 1.0, below_high=True, preset_key="selection.iop_threshold"),
     _f("selection.fallback_min_iop", None, 0.0, 2.0, "if none passes, take the best IoU proposal when its "
        "IoP >= this (> 1: never)", preset_key="selection.fallback_min_iop"),
     _i("selection.max_instances", None, 1, 1000, "most instances in one result", preset_key="selection.max_instances"),
@@ -189,6 +192,8 @@ def check(name: str, value: Any) -> str | None:
         return None
     if spec.low is not None and not spec.low <= value <= spec.high:
         return f"{name} must be in [{spec.low}, {spec.high}], got {value}"
+    if spec.below_high and value >= spec.high:
+        return f"{name} must be in [{spec.low}, {spec.high}), got {value}"
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
     if spec.pattern and not re.fullmatch(spec.pattern, value):

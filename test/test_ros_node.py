@@ -190,7 +190,10 @@ def test_parameter_callback(lazy_node):
     wrong_type = client.set_parameters(**{"selection.iop_threshold": "high"})[0]
     assert not wrong_type.successful and "must be a float" in wrong_type.reason
     assert client.set_parameters(**{"selection.iop_threshold": 0.7})[0].successful
-    assert client.set_parameters(**{"selection.iop_threshold": 1})[0].successful  # an int is fine for a float
+    assert client.set_parameters(**{"selection.fallback_min_iop": 1})[0].successful  # an int is fine for a float
+    at_one = client.set_parameters(**{"selection.iop_threshold": 1.0})[0]  # the rule keeps IoP above it: [0, 1)
+    assert not at_one.successful and "[0.0, 1.0)" in at_one.reason
+    assert client.set_parameters(**{"selection.fallback_min_iop": 0.2})[0].successful  # the preset's again
     assert client.set_parameters(**{"selection.iop_threshold": 0.5})[0].successful
     # Model parameters only change while unconfigured; startup ones never.
     busy = client.set_parameters(preset="paper")[0]
@@ -330,7 +333,7 @@ def test_missing_weights(ros_env, tmp_path):
 def test_bad_parameter_file_value_fails_configure_then_recovers(ros_env, tmp_path):
     """A bad value from the command line / params file fails configure with its reason; an integer
     where a float is expected is fine; after fixing the value, configure succeeds."""
-    params = {"lazy_model_load": True, "selection.iop_threshold": 1, "max_image_age": -3.0}
+    params = {"lazy_model_load": True, "selection.fallback_min_iop": 1, "max_image_age": -3.0}
     with NodeProcess(ros_env, tmp_path / "node.log", params=params, namespace="/bad_params") as node, \
             RosClient(namespace="/bad_params") as client:
         client.wait_for(lambda: "configure failed" in node.log(), 60, "the configure error in the log")
