@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             client.wait_for_state("active", timeout=300)
             client.wait_connected()
             client.wait_for(lambda: depth_pub.get_subscription_count() > 0, 30, "the depth subscription")
-            errors: dict[str, list[tuple[float, float]]] = {"32FC1": [], "16UC1": []}
+            errors: dict[str, list[tuple[float, float, float]]] = {"32FC1": [], "16UC1": []}
             asked = 0
             for seed in range(args.scenes):
                 sample = generate_scene(ProceduralConfig(), (12345, 100 + seed, 0))
@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         if not pairs:
             print(f"{encoding}: no instance matched an object")
             continue
-        mm = sorted(1000 * e for e, _ in pairs)
-        within = sum(e <= max(0.01, 0.01 * d) for e, d in pairs)
+        mm = sorted(1000 * e for e, _, _ in pairs)
+        misses = [(e, d, iou) for e, d, iou in pairs if e > max(0.01, 0.01 * d)]
+        within = len(pairs) - len(misses)
         print(f"{encoding}: {len(pairs)} instances that are scene objects: centroid error median {statistics.median(mm):.2f} mm, "
               f"p95 {mm[int(0.95 * (len(mm) - 1))]:.2f} mm, max {mm[-1]:.2f} mm; within 1 cm / 1% of depth: "
-              f"{within} of {len(pairs)}")
+              f"{within} of {len(pairs)}" + "".join(f"; miss: {1000 * e:.1f} mm at {d:.2f} m, mask IoU {iou:.2f} with the "
+                                                    "object" for e, d, iou in misses))
     return 0
 
 

@@ -506,8 +506,8 @@ def true_centroid(mask: np.ndarray, depth: float, k: tuple[float, float, float, 
     return np.array([((cols - cx) * depth / fx).mean(), ((rows - cy) * depth / fy).mean(), depth])
 
 
-def centroid_errors(result: Any, sample: Any) -> list[tuple[float, float]]:
-    """(error in metres, true depth) of each instance of a result that is one of the scene's
+def centroid_errors(result: Any, sample: Any) -> list[tuple[float, float, float]]:
+    """(error in metres, true depth, IoU with the object) of each instance of a result that is one of the scene's
     objects (IoU >= 0.5 of the pixels it owns with the object's mask); other instances are the
     model's mistakes, not the geometry's, and are left out."""
     from llmseg_ros.conversions import image_to_labels
@@ -521,5 +521,5 @@ def centroid_errors(result: Any, sample: Any) -> list[tuple[float, float]]:
         if ious[best] >= 0.5 and instance.target_3d.valid:
             truth = true_centroid(sample.masks[best] > 0, object_depths(sample)[best])
             c = instance.target_3d.centroid
-            errors.append((float(np.linalg.norm(np.array([c.x, c.y, c.z]) - truth)), float(truth[2])))
+            errors.append((float(np.linalg.norm(np.array([c.x, c.y, c.z]) - truth)), float(truth[2]), float(ious[best])))
     return errors

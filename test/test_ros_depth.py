@@ -106,7 +106,7 @@ def test_centroids_of_procedural_objects_within_1cm_or_1_percent(depth_node, see
             assert instance.target_3d.valid and instance.target_3d.valid_pixels > 0
         # The instances that are scene objects: the wall behind their mask edges is left out (it is
         # 0.7 m or more behind them), holes and all.
-        for error, depth_m in centroid_errors(result, sample):
+        for error, depth_m, _ in centroid_errors(result, sample):
             assert error <= max(0.01, 0.01 * depth_m), (instruction.text, error, depth_m)
             checked += 1
         union = result.target_3d
