@@ -38,7 +38,6 @@ from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -48,7 +47,6 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from llmseg_interfaces.action import Track
 from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
@@ -56,7 +54,7 @@ from llmseg_ros import conversions, diagnostics, parameters, results, spatial
 from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_ns
 from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
-from llmseg_ros.standing import StandingTask, StandingTasks
+from llmseg_ros.standing import StandingTask, StandingTasks, TrackServer
 from llmseg_ros.worker import Worker
 
 NODE_NAME = "llmseg"
@@ -156,7 +154,6 @@ class SegmentationNode(LifecycleNode):
         self._stats = diagnostics.Stats()
         self._recently_lost = 0
         self._standing = StandingTasks()
-        self._goal_tasks: dict[bytes, StandingTask] = {}
         self._marker_counts: collections.OrderedDict[str, int] = collections.OrderedDict()
 
         # Instructions, results, the service and the action exist in every lifecycle state, so
@@ -174,12 +171,7 @@ class SegmentationNode(LifecycleNode):
         self.create_subscription(String, "instruction_text", self._on_instruction_text, INSTRUCTION_QOS,
                                  callback_group=instructions)
         self.create_service(Segment, "segment", self._on_segment, callback_group=ReentrantCallbackGroup())
-        # Each running goal waits in its execute callback, on an executor thread of its own.
-        self._track_server = ActionServer(
-            self, Track, "track", execute_callback=self._execute_track,
-            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._cancel_track,
-            callback_group=ReentrantCallbackGroup(), result_timeout=60,
-        )
+        self._tracks = TrackServer(self, self._standing, self._goal_problem, lambda: f"track-{next(self._job_ids)}")
         self._image_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(DROP_REPORT_PERIOD, self._report_drops)
         period = self.get_parameter("diagnostics_period").value
@@ -268,7 +260,7 @@ class SegmentationNode(LifecycleNode):
             self._active = False
             jobs = self._worker.drain() if self._worker is not None else []
         self._unsubscribe()
-        self._end_goals("the node was deactivated")
+        self._tracks.end_all("the node was deactivated")
         for job in jobs:
             self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node was deactivated"))
         return TransitionCallbackReturn.SUCCESS
@@ -302,7 +294,7 @@ class SegmentationNode(LifecycleNode):
             self._configured = False
             worker, self._worker = self._worker, None
         self._unsubscribe()
-        self._end_goals("the node is shutting down")
+        self._tracks.end_all("the node is shutting down")
         if worker is not None:
             for job in worker.stop(timeout=30.0):
                 self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node is shutting down"))
@@ -742,60 +734,6 @@ class SegmentationNode(LifecycleNode):
         if len(running) >= self._max_track_goals:
             return SegmentationResult.QUEUE_FULL, f"{len(running)} Track goals already running (max_track_goals)"
         return None
-
-    def _execute_track(self, goal_handle: Any) -> Any:
-        """Run one standing instruction until it is cancelled, preempted, its duration is over or
-        the node stops being active; every goal ends with a summary."""
-        goal = goal_handle.request
-        task_id = goal.id or f"track-{next(self._job_ids)}"
-
-        def feedback(result: SegmentationResult) -> None:
-            goal_handle.publish_feedback(Track.Feedback(result=result))
-
-        task = StandingTask(task_id, goal.text, goal.phrase, goal.rate, feedback)
-        key = bytes(goal_handle.goal_id.uuid)
-        self._goal_tasks[key] = task
-        try:
-            problem = self._goal_problem(goal)
-            if problem is not None:
-                task.end(problem[1], problem[0])
-            else:
-                for old in self._standing.add(task):
-                    old.end(f"preempted by a new goal with id {task_id!r}")
-                self.get_logger().info(f"tracking {task_id!r}: {goal.text!r} at {goal.rate or 'every frame'} Hz")
-                if goal_handle.is_cancel_requested:
-                    task.end("cancelled")
-                if not task.ended.wait(goal.duration if goal.duration > 0 else None):
-                    task.end("duration reached")
-                self._standing.remove(task)
-        finally:
-            self._goal_tasks.pop(key, None)
-        if task.end_status != SegmentationResult.OK:
-            self.get_logger().warning(f"Track goal {task_id!r} not run: {task.end_reason}")
-        summary = Track.Result(
-            id=task_id, status=task.end_status, status_name=status_name(task.end_status), reason=task.end_reason,
-            answered=task.answered, ok=task.ok, empty=task.empty, failed=task.failed,
-            mean_latency=task.latency_sum / task.answered if task.answered else 0.0,
-        )
-        if task.last_result is not None:
-            summary.last_result = task.last_result
-        if goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif task.end_status == SegmentationResult.OK and task.end_reason == "duration reached":
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return summary
-
-    def _cancel_track(self, goal_handle: Any) -> CancelResponse:
-        task = self._goal_tasks.get(bytes(goal_handle.goal_id.uuid))
-        if task is not None:
-            task.end("cancelled")
-        return CancelResponse.ACCEPT
-
-    def _end_goals(self, reason: str) -> None:
-        for task in self._standing.tasks("action"):
-            task.end(reason, SegmentationResult.NOT_ACTIVE)
 
     # ------------------------------------------------------------------ diagnostics
     @guarded

@@ -15,9 +15,15 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+
+from llmseg_interfaces.action import Track
 from llmseg_interfaces.msg import SegmentationResult
+from llmseg_ros.results import status_name
 
 
 @dataclass(eq=False)
@@ -122,3 +128,73 @@ class StandingTasks:
     def in_flight(self) -> int:
         with self._lock:
             return sum(t.in_flight for t in self._tasks.values())
+
+
+class TrackServer:
+    """The Track action: one StandingTask per goal, each answer sent as feedback, and a summary
+    for every goal, including one that cannot run (it ends at once with the status saying why)."""
+
+    def __init__(self, node: Node, tasks: StandingTasks, problem: Callable[[Any], tuple[int, str] | None],
+                 new_id: Callable[[], str]) -> None:
+        self._node, self._tasks, self._problem, self._new_id = node, tasks, problem, new_id
+        self._by_goal: dict[bytes, StandingTask] = {}
+        # Each running goal waits in its execute callback, on an executor thread of its own.
+        self._server = ActionServer(
+            node, Track, "track", execute_callback=self._execute, goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=self._cancel, callback_group=ReentrantCallbackGroup(), result_timeout=60,
+        )
+
+    def end_all(self, reason: str) -> None:
+        """End every running goal (the node stops being active)."""
+        for task in self._tasks.tasks("action"):
+            task.end(reason, SegmentationResult.NOT_ACTIVE)
+
+    def _execute(self, goal_handle: Any) -> Any:
+        """Run one standing instruction until it is cancelled, preempted, its duration is over or
+        the node stops being active."""
+        goal = goal_handle.request
+        task_id = goal.id or self._new_id()
+
+        def feedback(result: SegmentationResult) -> None:
+            goal_handle.publish_feedback(Track.Feedback(result=result))
+
+        task = StandingTask(task_id, goal.text, goal.phrase, goal.rate, feedback)
+        key = bytes(goal_handle.goal_id.uuid)
+        self._by_goal[key] = task
+        logger = self._node.get_logger()
+        try:
+            problem = self._problem(goal)
+            if problem is not None:
+                task.end(problem[1], problem[0])
+                logger.warning(f"Track goal {task_id!r} not run: {problem[1]}")
+            else:
+                for old in self._tasks.add(task):
+                    old.end(f"preempted by a new goal with id {task_id!r}")
+                logger.info(f"tracking {task_id!r}: {goal.text!r} at {goal.rate or 'every frame'} Hz")
+                if goal_handle.is_cancel_requested:
+                    task.end("cancelled")
+                if not task.ended.wait(goal.duration if goal.duration > 0 else None):
+                    task.end("duration reached")
+                self._tasks.remove(task)
+        finally:
+            self._by_goal.pop(key, None)
+        summary = Track.Result(
+            id=task_id, status=task.end_status, status_name=status_name(task.end_status), reason=task.end_reason,
+            answered=task.answered, ok=task.ok, empty=task.empty, failed=task.failed,
+            mean_latency=task.latency_sum / task.answered if task.answered else 0.0,
+        )
+        if task.last_result is not None:
+            summary.last_result = task.last_result
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif task.end_status == SegmentationResult.OK and task.end_reason == "duration reached":
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return summary
+
+    def _cancel(self, goal_handle: Any) -> CancelResponse:
+        task = self._by_goal.get(bytes(goal_handle.goal_id.uuid))
+        if task is not None:
+            task.end("cancelled")
+        return CancelResponse.ACCEPT
