@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmseg_ros.depth import Intrinsics, depth_to_metres, fit_mask, target_3d
+from llmseg_ros.depth import Intrinsics, depth_to_metres, fit_mask, target_3d, targets_3d
 
 K = [500.0, 0.0, 160.0, 0.0, 480.0, 120.0, 0.0, 0.0, 1.0]
 
@@ -74,3 +74,23 @@ def test_bad_inputs_are_value_errors():
         Intrinsics.from_k([1.0] * 4, 320, 240)
     with pytest.raises(ValueError, match="camera info is"):
         target_3d(np.ones((2, 2), bool), np.ones((2, 2), np.float32), Intrinsics.from_k(K, 320, 240))
+
+
+def test_union_keeps_each_instance_at_its_own_depth():
+    """Two objects far apart in depth: one band around all their pixels would cut one away; the
+    union keeps each instance's inliers, every pixel once (the instances overlap here)."""
+    rows, cols = np.mgrid[:240, :320]
+    near = (rows - 100) ** 2 + (cols - 100) ** 2 <= 25**2
+    far = (rows - 120) ** 2 + (cols - 230) ** 2 <= 35**2
+    depth = np.where(near, 0.9, np.where(far, 2.4, 6.0)).astype(np.float32)
+    overlapping = near | ((rows - 100) ** 2 + (cols - 130) ** 2 <= 10**2)  # also covers some wall
+    camera = Intrinsics.from_k(K, 320, 240)
+    (first, second), union = targets_3d(np.stack([overlapping, far]), depth_to_metres(depth, "32FC1"), camera)
+    assert np.allclose(first.centroid, true_centroid(near, depth)) and np.allclose(second.centroid, true_centroid(far, depth))
+    assert union.inlier_pixels == near.sum() + far.sum()
+    assert union.valid_pixels == (overlapping | far).sum()
+    assert np.allclose(union.centroid, true_centroid(near | far, depth))
+    assert union.box_min[2] == pytest.approx(0.9) and union.box_max[2] == pytest.approx(2.4)
+    assert len(union.pixels) == union.inlier_pixels
+    none, nothing = targets_3d(np.zeros((1, 240, 320), bool), depth_to_metres(depth, "32FC1"), camera)
+    assert none == [None] and nothing is None

@@ -97,3 +97,27 @@ def test_cancel_takes_a_queued_job_out():
     release.set()
     worker.stop(5)
     assert done == ["first"]
+
+
+def test_take_hands_the_handler_the_queued_jobs_it_asks_for():
+    release = threading.Event()
+    started = threading.Event()
+    both = threading.Event()
+    taken: list[list[int]] = []
+
+    def handle(job: int) -> None:
+        started.set()
+        release.wait(10)
+        taken.append([job, *worker.take(lambda other: other % 2 == job % 2, limit=2)])
+        if len(taken) == 2:
+            both.set()
+
+    worker = Worker(handle, max_queue=2)
+    assert worker.submit(0) and started.wait(5)
+    assert worker.submit(1) and worker.submit(2) and not worker.submit(3)
+    assert worker.submit(4, bounded=False)  # bounded elsewhere: not refused by the queue bound
+    assert worker.queued() == 3
+    release.set()
+    assert both.wait(5)
+    assert taken == [[0, 2, 4], [1]]  # 2 and 4 answered with 0; 1 on its own
+    worker.stop(5)
