@@ -97,7 +97,7 @@ SPECS: tuple[Spec, ...] = (
     # --- topics, buffers, queues (configure)
     Spec("image_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: CompressedImage on "
          "`image/compressed`", CONFIGURE, choices=("raw", "compressed")),
-    _i("max_queue", 16, 1, 1000, "instructions waiting for the worker; more are answered QUEUE_FULL (queued "
+    _i("max_queue", 8, 1, 1000, "instructions waiting for the worker; more are answered QUEUE_FULL (queued "
        "instructions on one frame cost one batched query)", CONFIGURE),
     _i("max_track_goals", 8, 1, 64, "Track goals running at once; more end at once with QUEUE_FULL", CONFIGURE),
     Spec("use_depth", False, "subscribe to depth_image (16UC1 mm / 32FC1 m, aligned to the colour image) and "

@@ -175,7 +175,8 @@ class RosClient:
         self.node.create_subscription(Image, "overlay", self._on_overlay, DEBUG_IMAGE_QOS)
         self.segment_client = self.node.create_client(Segment, "segment")
         self._track_client: Any = None
-        self.diagnostics: list[Any] = []  # this node's DiagnosticStatus messages, oldest first
+        self.diagnostics: list[Any] = []  # this node's last 50 DiagnosticStatus messages, oldest first
+        self.diagnostics_count = 0  # how many arrived in all
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -212,7 +213,9 @@ class RosClient:
 
     def _on_diagnostics(self, msg: Any) -> None:
         with self._lock:
-            self.diagnostics += [s for s in msg.status if s.name.endswith(f": {self.target}")]
+            mine = [s for s in msg.status if s.name.endswith(f": {self.target}")]
+            self.diagnostics_count += len(mine)
+            self.diagnostics += mine
             del self.diagnostics[:-50]
             self._lock.notify_all()
 

@@ -212,13 +212,13 @@ def test_diagnostics_report_health(depth_node):
     publish(client, sample, render_depth(sample))
     client.instruct("diag", sample.instructions[0].text)
     client.wait_result("diag", timeout=120)
-    before = len(client.diagnostics)
-    client.wait_for(lambda: len(client.diagnostics) >= before + 2, 30, "two diagnostics messages")
+    before = client.diagnostics_count
+    client.wait_for(lambda: client.diagnostics_count >= before + 2, 30, "two diagnostics messages")
     status = client.diagnostics[-1]
     values = values_of(status)
     assert status.name.endswith(client.target) and status.hardware_id == "cpu"
     assert values["lifecycle state"] == "active" and values["model"] == "loaded" and values["device"] == "cpu"
-    assert values["preset"] == "tiny" and values["queue depth"] == "0" and values["max_queue"] == "16"
+    assert values["preset"] == "tiny" and values["queue depth"] == "0" and values["max_queue"] == "8"
     assert values["depth"] == "on" and values["camera info"] == "received"
     assert float(values["frame age (s)"]) >= 0 and float(values["depth age (s)"]) >= 0
     assert int(values["proposal passes"]) >= 1 and int(values["batches"]) >= int(values["proposal passes"])

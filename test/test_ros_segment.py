@@ -272,8 +272,12 @@ def while_worker_held(client, send, attempts: int = 3):
     try:
         for attempt in range(attempts):
             hold = f"hold-{next(_holds)}"
+            seen = client.diagnostics_count
             client.instruct(hold, "the red ball", image_stamp=stamp_now(3600.0))
-            time.sleep(0.5)  # the worker takes it (or it queues first behind older work: as good)
+            # Until /diagnostics shows the queue empty after the hold was sent: the worker holds it.
+            client.wait_for(lambda: client.diagnostics_count >= seen + 2
+                            and {kv.key: kv.value for kv in client.diagnostics[-1].values}["queue depth"] == "0",
+                            30, "the worker to take the hold")
             sent = send(attempt)
             held = not client.results.get(hold)
             assert status_of(client.wait_result(hold, timeout=120)) == "NO_IMAGE"
