@@ -142,7 +142,7 @@ def stream(client: RosClient, samples: list, seconds: float, label: str) -> dict
         "p95_latency_s": latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
         "node_median_s": {name: stage(name) for name in ("queue", "proposals", "llm", "total")},
         "mean_batch_size": statistics.mean(r.batch_size for r in answered) if answered else None,
-        "proposal_passes": sum(not r.frame_cached for r in answered),
+        "frames_answered": len({(r.header.stamp.sec, r.header.stamp.nanosec) for r in answered}),
     }
     print(f"  {label} stream: {json.dumps(out)}", flush=True)
     return out

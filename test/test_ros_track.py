@@ -133,17 +133,19 @@ def test_a_goal_that_cannot_run_ends_at_once_with_its_status(tracking_node, text
 
 
 def test_rates_bound_the_answers(tracking_node, frames):
-    """At rate 2 on a 10 Hz camera: one answer per 0.5 s slot of the clock, at least a quarter of
-    a second (half a slot) apart, though frames come every 0.1 s."""
+    """At rate 0.5 on a 10 Hz camera: one answer per 2 s slot of the clock, at least a second (half
+    a slot) apart, though frames come every 0.1 s and the worker answers in about half a second.
+    Frame stamps trail the node's clock by up to a frame interval and the transport's delay: the
+    bounds below leave that much slack."""
     node, client = tracking_node
     with Camera(client, frames, rate=10.0):
-        goal = client.track("the red ball", rate=2.0)
+        goal = client.track("the red ball", rate=0.5)
         feedback = goal.wait_feedback(4)
         goal.cancel()
         goal.result()
     stamps = np.array([stamp_ns(r) for r in feedback]) / 1e9
-    assert (np.diff(stamps) > 0.2).all(), np.diff(stamps)  # frame stamps vs arrival: a few ms apart
-    assert len(feedback) <= (stamps[-1] - stamps[0]) * 2.0 + 2, stamps
+    assert (np.diff(stamps) > 0.5).all(), np.diff(stamps)
+    assert stamps[-1] - stamps[0] > 2 * 2.0 - 0.5, stamps  # 4 answers: 4 slots, so 2 whole slots between
 
 
 def test_standing_instructions_parameter_for_topic_users(tracking_node, frames):
