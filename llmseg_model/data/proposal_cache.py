@@ -75,13 +75,38 @@ def sam_fingerprint(sam: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# ProposalConfig settings that existed when caches were first written: always in the identity.
+PUBLISHED_PROPOSAL_FIELDS = (
+    "max_side", "top_k", "points_per_side", "points_per_batch", "pred_iou_thresh",
+    "stability_score_thresh", "box_nms_thresh", "min_mask_region_area", "lowres_size",
+)
+# Settings that change how fast, not which, proposals come out (tested identical): never in it.
+OUTPUT_NEUTRAL_PROPOSAL_FIELDS = ("engine",)
+
+
+def proposal_identity(proposals: ProposalConfig) -> dict[str, Any]:
+    """The proposal settings a cache is keyed by: the published ones, plus a newer setting only
+    where it differs from its default (the published dense grid), so caches made before it existed
+    stay valid; refine-only settings count only when sampling is not the dense grid."""
+    values = dataclasses.asdict(proposals)
+    defaults = dataclasses.asdict(ProposalConfig())
+    identity = {name: values[name] for name in PUBLISHED_PROPOSAL_FIELDS}
+    for name, value in values.items():
+        if name in identity or name in OUTPUT_NEUTRAL_PROPOSAL_FIELDS or value == defaults[name]:
+            continue
+        if proposals.sampling == "grid" and (name.startswith("refine_") or name.startswith("fill_")):
+            continue
+        identity[name] = value
+    return identity
+
+
 def cache_identity(sam: SamConfig, proposals: ProposalConfig, weights: str | None = None) -> dict[str, Any]:
     """What a cache must agree on. Leave `weights` (a `sam_fingerprint`) out to accept any SAM
     weights, e.g. when reading a cache made on another machine without SAM at hand."""
     identity: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "sam": dataclasses.asdict(sam),
-        "proposals": dataclasses.asdict(proposals),
+        "proposals": proposal_identity(proposals),
     }
     if weights is not None:
         identity["sam_weights"] = weights
@@ -94,6 +119,8 @@ def _json_normal(value: Any) -> Any:
 
 
 def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
+    """Every setting that differs; below the top level (where e.g. `sam_weights` may be left out
+    of what is expected) a setting the cache has and the request lacks is a difference too."""
     if isinstance(expected, dict) and isinstance(found, dict):
         out = []
         for key in expected:
@@ -102,6 +129,8 @@ def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
                 out.append(f"{name}: missing in cache (expected {expected[key]!r})")
             else:
                 out += _differences(expected[key], found[key], name)
+        if prefix:
+            out += [f"{prefix}.{key}: cache has {_short(found[key])}, expected the default" for key in found if key not in expected]
         return out
     return [] if expected == found else [f"{prefix}: cache has {_short(found)}, expected {_short(expected)}"]
 
@@ -149,7 +178,7 @@ class ProposalCache:
         self.generator = generator
         self.verify = verify
         if generator is not None:
-            if asdict_normal(generator.config) != asdict_normal(proposals):
+            if _json_normal(proposal_identity(generator.config)) != _json_normal(proposal_identity(proposals)):
                 raise ValueError("the generator's ProposalConfig differs from the cache's proposals config")
             if weights is None:
                 weights = sam_fingerprint(generator.sam)
@@ -256,10 +285,6 @@ class ProposalCache:
         proposals = self.generator(image)
         self.put(sample.source, sample.image_id, proposals, image)
         return proposals
-
-
-def asdict_normal(config: Any) -> Any:
-    return _json_normal(dataclasses.asdict(config))
 
 
 @dataclass
