@@ -1,0 +1,455 @@
+"""Per-frame latency of LLM-Seg, as ratios to SAM's image encoder measured in the same run.
+
+    python -m llmseg_model.latency                                   # the shipped tiny preset
+    python -m llmseg_model.latency --preset paper --random-weights \\
+        --frames 1 --iterations 1 --warmup 0                         # paper shapes, random weights
+
+Per frame, interleaved (every quantity is measured once on a frame before the next frame), so a
+busy machine slows them alike and the ratios stay comparable:
+
+  sam_encoder         SAM's image encoder on the preprocessed frame: the unit of every ratio
+  proposals/<mode>    everything mode + top-K + RLE + low-res copies (ProposalGenerator), for each
+                      proposal mode (ProposalConfig overrides), with the prompts it decoded
+  dinov2              DINOv2 patch features of the frame
+  prepare/<mode>      the whole LLMSeg.prepare with that proposal mode (needs LLaVA weights: not
+                      with --random-weights)
+
+With --recall-scenes N, each proposal mode's best-proposal IoU per object and recall@0.5 on N
+held-out procedural scenes (meaningful with trained SAM weights only).
+Writes latency.json and latency.md into --output-dir. Absolute times depend on the machine and
+its load; compare ratios, and only numbers from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from tqdm import tqdm
+
+from llmseg_model.cli import exit_on_bad_input
+from llmseg_model.config import LLMSegConfig, ProposalConfig, merge_nested, preset_with_overrides
+from llmseg_model.modeling.features import MaskFeatureExtractor
+from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
+
+logger = logging.getLogger(__name__)
+
+# DINOv2 ViT-L/14, the paper preset's backbone, for random-weight runs without a model folder.
+DINOV2_VITL14 = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 518}
+# Proposal modes measured by default, as overrides of the preset's ProposalConfig: the preset's
+# own, the published dense grid (through the lean engine and the stock class: identical masks),
+# and the refining sampler.
+DEFAULT_MODES = {
+    "tiny": {
+        "preset": {},
+        "dense_grid": {"sampling": "grid", "points_per_side": 16},
+        "dense_grid_stock": {"sampling": "grid", "points_per_side": 16, "engine": "segment_anything"},
+        "refine": {"sampling": "refine", "points_per_side": 5},
+    },
+    "paper": {
+        "preset": {},
+        "dense_grid_stock": {"sampling": "grid", "points_per_side": 32, "engine": "segment_anything"},
+        "refine": {"sampling": "refine", "points_per_side": 16},
+    },
+}
+DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024)}
+
+
+@dataclass
+class LatencyConfig:
+    """One latency run."""
+
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # nested LLMSegConfig overrides
+    random_weights: bool = False  # random SAM and DINOv2 of the configured shapes; no prepare
+    dinov2: dict = field(default_factory=dict)  # Dinov2Config overrides for random weights
+    modes: dict[str, dict] = field(default_factory=dict)  # name -> ProposalConfig overrides; {}: DEFAULT_MODES
+    frames: int = 8  # distinct procedural test-split frames
+    frame_height: int = 0  # 0: DEFAULT_FRAME of the preset
+    frame_width: int = 0
+    iterations: int = 2  # passes over the frames
+    warmup: int = 1  # first frames of the first pass left out
+    recall_scenes: int = 0  # held-out scenes for each mode's proposal recall (0: skip)
+    recall_split: str = "val"
+    device: str = "cpu"
+    threads: int = 0  # torch threads; 0 leaves torch's default
+    seed: int = 0
+    output_dir: str = "outputs/latency"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.iterations < 1 or self.warmup < 0:
+            raise ValueError("frames and iterations must be >= 1 and warmup >= 0")
+        if self.warmup >= self.frames * self.iterations:
+            raise ValueError(f"warmup ({self.warmup}) leaves no measured frame of {self.frames} x {self.iterations}")
+        if self.recall_split == "train":
+            raise ValueError("recall is measured on held-out scenes: recall_split must be val or test")
+
+    def model_config(self) -> LLMSegConfig:
+        return preset_with_overrides(self.preset, self.model)
+
+    def mode_configs(self) -> dict[str, ProposalConfig]:
+        """Every proposal mode as a full ProposalConfig (the preset's, overridden)."""
+        base = dataclasses.asdict(self.model_config().proposals)
+        modes = self.modes or DEFAULT_MODES.get(self.preset, {"preset": {}})
+        out = {}
+        for name, overrides in modes.items():
+            unknown = set(overrides) - set(base)
+            if unknown:
+                raise ValueError(f"proposal mode {name!r}: unknown ProposalConfig setting(s) {sorted(unknown)}")
+            out[name] = ProposalConfig(**merge_nested(base, overrides))
+        return out
+
+    def frame_size(self) -> tuple[int, int]:
+        default = DEFAULT_FRAME.get(self.preset, (256, 256))
+        return (self.frame_height or default[0], self.frame_width or default[1])
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
+    """SAM and DINOv2 (+ the pooling projection) of the configured shapes, on the device."""
+    from transformers import Dinov2Model
+
+    model_config = config.model_config()
+    if config.random_weights:
+        torch.manual_seed(config.seed)
+        sam = build_sam(model_config.sam)
+        dinov2 = Dinov2Model(_random_dinov2_config(config, model_config))
+    else:
+        if not model_config.weights.sam_checkpoint or not model_config.weights.dinov2_path:
+            raise ValueError("no SAM / DINOv2 weights configured: set model.weights.* or pass --random-weights")
+        sam = build_sam(model_config.sam, model_config.weights.sam_checkpoint)
+        dinov2 = Dinov2Model.from_pretrained(model_config.weights.dinov2_path, local_files_only=True)
+    features = MaskFeatureExtractor(dinov2, model_config.features)
+    return sam.to(config.device).eval(), features.to(config.device).eval()
+
+
+def _random_dinov2_config(config: LatencyConfig, model_config: LLMSegConfig) -> Any:
+    """The DINOv2 architecture of the preset's weight folder when it has one, else ViT-L/14;
+    `config.dinov2` overrides either."""
+    from transformers import Dinov2Config
+
+    folder = Path(model_config.weights.dinov2_path) if model_config.weights.dinov2_path else None
+    if folder is not None and (folder / "config.json").is_file():
+        dinov2 = Dinov2Config.from_pretrained(str(folder), local_files_only=True)
+    else:
+        dinov2 = Dinov2Config(**dict(DINOV2_VITL14, image_size=model_config.features.image_size))
+    for key, value in config.dinov2.items():
+        if not hasattr(dinov2, key):
+            raise ValueError(f"dinov2: unknown Dinov2Config setting {key!r}")
+        setattr(dinov2, key, value)
+    return dinov2
+
+
+def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]) -> dict[str, Any]:
+    """One LLMSeg per proposal mode (the whole `prepare`); empty with random weights."""
+    if config.random_weights:
+        return {}
+    from llmseg_model.modeling.model import LLMSeg
+
+    models = {}
+    for name, proposals in modes.items():
+        model_config = config.model_config()
+        model_config.proposals = proposals
+        models[name] = LLMSeg.from_config(model_config, device=config.device)
+    return models
+
+
+def frames(config: LatencyConfig) -> list[np.ndarray]:
+    """Procedural test-split scenes of the configured size (never seen in training)."""
+    from llmseg_model.data.procedural import SPLITS, ProceduralConfig, render_scene
+
+    height, width = config.frame_size()
+    scene_config = ProceduralConfig(height=height, width=width)
+    return [render_scene(scene_config, (config.seed, SPLITS["test"], i)).image for i in range(config.frames)]
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def _synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _seconds(device: str, run: Callable[[], Any]) -> tuple[float, Any]:
+    _synchronise(device)
+    start = time.perf_counter()
+    out = run()
+    _synchronise(device)
+    return time.perf_counter() - start, out
+
+
+@torch.inference_mode()
+def sam_encoder_seconds(sam: Sam, image: np.ndarray, device: str) -> float:
+    """SAM's image encoder alone, on the frame resized and padded as SamPredictor does."""
+    resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
+    pixels = sam.preprocess(torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None])
+    return _seconds(device, lambda: sam.image_encoder(pixels))[0]
+
+
+def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, device: str) -> tuple[float, int]:
+    """Everything mode as `prepare` runs it; returns the seconds and the prompts decoded."""
+    seconds, (_, prompts) = _seconds(device, lambda: generator.propose(image))
+    return seconds, prompts
+
+
+@torch.inference_mode()
+def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, device: str) -> float:
+    """DINOv2 patch features of one frame (preprocessing included, pooling not)."""
+    return _seconds(device, lambda: features.patch_features(features.preprocess(image).to(device)))[0]
+
+
+def prepare_seconds(model: Any, image: np.ndarray, device: str) -> tuple[float, dict[str, float]]:
+    """The whole `LLMSeg.prepare`, and its own per-stage timings."""
+    seconds, frame = _seconds(device, lambda: model.prepare(image))
+    return seconds, dict(frame.timings)
+
+
+def proposal_recall(sam: Sam, proposals: ProposalConfig, split: str, count: int, seed: int) -> dict[str, float]:
+    """Best-proposal IoU per object and recall@0.5 / 0.75 on held-out procedural scenes."""
+    from llmseg_model.tiny.pretrain import evaluate_proposals, validation_scenes
+
+    result = evaluate_proposals(sam, proposals, validation_scenes(count, seed, split=split))
+    result.pop("seconds_per_image")  # timings come from the interleaved measurement
+    return result
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def run_latency(config: LatencyConfig) -> dict[str, Any]:
+    """Measure every quantity frame by frame, write latency.json / latency.md, return the report."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    modes = config.mode_configs()
+    sam, features = build_parts(config)
+    generators = {name: ProposalGenerator(sam, proposals) for name, proposals in modes.items()}
+    models = build_prepare_models(config, modes)
+    images = frames(config)
+    samples: dict[str, list[float]] = {}
+    prompts: dict[str, list[int]] = {}
+    stages: dict[str, dict[str, list[float]]] = {}
+    steps = [(i, image) for i in range(config.iterations) for image in images]
+    for step, (_, image) in enumerate(tqdm(steps, desc="latency", unit="frame", disable=not config.progress)):
+        measured: dict[str, float] = {"sam_encoder": sam_encoder_seconds(sam, image, config.device)}
+        for name, generator in generators.items():
+            measured[f"proposals/{name}"], count = proposal_seconds(generator, image, config.device)
+            prompts.setdefault(name, []).append(count)
+        measured["dinov2"] = dinov2_seconds(features, image, config.device)
+        for name, model in models.items():
+            measured[f"prepare/{name}"], timings = prepare_seconds(model, image, config.device)
+            if step >= config.warmup:
+                for stage, seconds in timings.items():
+                    stages.setdefault(name, {}).setdefault(stage, []).append(seconds)
+        if step >= config.warmup:
+            for key, seconds in measured.items():
+                samples.setdefault(key, []).append(seconds)
+    report = latency_report(config, samples, prompts, stages)
+    if config.recall_scenes:
+        report["recall"] = {
+            name: proposal_recall(sam, proposals, config.recall_split, config.recall_scenes, config.seed)
+            for name, proposals in modes.items()
+        }
+    write_report(report, config.output_dir)
+    return report
+
+
+def latency_report(
+    config: LatencyConfig,
+    samples: dict[str, list[float]],
+    prompts: dict[str, list[int]],
+    stages: dict[str, dict[str, list[float]]],
+) -> dict[str, Any]:
+    """Statistics of every measured quantity and its ratio to the SAM encoder's median."""
+    from llmseg_model.benchmark import latency_stats
+
+    unit = float(np.median(samples["sam_encoder"]))
+    quantities = {}
+    for key, values in samples.items():
+        stats = latency_stats(values)
+        stats["ratio_to_encoder"] = float(np.median(values)) / unit
+        mode = key.split("/", 1)[1] if "/" in key else None
+        if key.startswith("proposals/"):
+            stats["prompts_per_frame"] = float(np.mean(prompts[mode]))
+        if key.startswith("prepare/"):
+            stats["stages"] = {stage: latency_stats(v) for stage, v in stages.get(mode, {}).items()}
+        quantities[key] = stats
+    model_config = config.model_config()
+    return {
+        "config": dataclasses.asdict(config),
+        "preset": model_config.preset,
+        "frame_size": list(config.frame_size()),
+        "platform": _platform(config.device),
+        "modes": {name: dataclasses.asdict(p) for name, p in config.mode_configs().items()},
+        "quantities": quantities,
+    }
+
+
+def _platform(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The quantities (and recall, when measured) as markdown tables."""
+    platform_info = report["platform"]
+    where = platform_info.get("gpu") or f"{platform_info['device']} ({platform_info['torch_threads']} torch threads)"
+    height, width = report["frame_size"]
+    lines = [
+        "# Frame latency",
+        "",
+        f"Preset `{report['preset']}`, {width}x{height} frames, on {where}; medians of interleaved runs.",
+        "",
+        "| quantity | median ms | p95 ms | x encoder | prompts | n |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, stats in report["quantities"].items():
+        prompts = stats.get("prompts_per_frame")
+        lines.append(
+            f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats['ratio_to_encoder']:.1f} | "
+            f"{'-' if prompts is None else f'{prompts:.0f}'} | {stats['count']} |"
+        )
+    if report.get("recall"):
+        split = report["config"]["recall_split"]
+        lines += [
+            "",
+            f"Proposal recall on {report['config']['recall_scenes']} held-out {split} scenes:",
+            "",
+            "| mode | best IoU per object | recall@0.5 | recall@0.75 | proposals |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in report["recall"].items():
+            lines.append(
+                f"| {name} | {r['mean_best_iou']:.4f} | {r['recall@0.5']:.4f} | {r['recall@0.75']:.4f} | "
+                f"{r['proposals_per_image']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], output_dir: str | Path) -> None:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "latency.json").write_text(json.dumps(report, indent=1) + "\n")
+    (output_dir / "latency.md").write_text(markdown_report(report))
+    logger.info("latency report written to %s", output_dir)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def _parse_mode(text: str) -> tuple[str, dict[str, Any]]:
+    """NAME or NAME:key=value,key=value (ProposalConfig fields, YAML values)."""
+    import yaml
+
+    name, _, rest = text.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"--mode {text!r}: expected key=value, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    if not name:
+        raise argparse.ArgumentTypeError(f"--mode {text!r}: give a name")
+    return name, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = LatencyConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m llmseg_model.latency",
+        description="Per-frame latency of SAM proposals (per mode), DINOv2 and prepare, as ratios to SAM's encoder.",
+    )
+    parser.add_argument("--preset", default=defaults.preset, help="model preset (tiny, paper)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="LLMSegConfig override by dotted key, e.g. sam.encoder_depth=2")
+    parser.add_argument("--random-weights", action="store_true", help="random SAM and DINOv2 of the configured shapes")
+    parser.add_argument("--dinov2", action="append", default=[], metavar="KEY=VALUE",
+                        help="Dinov2Config override for random weights, e.g. num_hidden_layers=2")
+    parser.add_argument("--mode", action="append", default=[], type=_parse_mode, metavar="NAME[:k=v,...]",
+                        help="proposal mode (ProposalConfig overrides); repeatable; default: the preset's set")
+    for name in ("frames", "frame_height", "frame_width", "iterations", "warmup", "recall_scenes", "threads", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--recall-split", default=defaults.recall_split, choices=("val", "test"))
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--output-dir", default=defaults.output_dir)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _dotted(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return out
+
+
+def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = LatencyConfig(
+        preset=args.preset,
+        model=_dotted(args.set, parser),
+        random_weights=args.random_weights,
+        dinov2=_dotted(args.dinov2, parser),
+        modes=dict(args.mode),
+        frames=args.frames,
+        frame_height=args.frame_height,
+        frame_width=args.frame_width,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        recall_scenes=args.recall_scenes,
+        recall_split=args.recall_split,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        progress=not args.no_progress,
+    )
+    report = run_latency(config)
+    logger.info("\n%s", markdown_report(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
+    exit_on_bad_input(run_cli, argv)
+
+
+if __name__ == "__main__":
+    main()
