@@ -90,19 +90,22 @@ class LeanMaskGenerator:
             scale = np.array([width, height], dtype=np.float64)[None]
             points = build_point_grid(config.points_per_side) * scale
             prompted = [points]
+            min_distance = config.refine_min_distance * max(height, width)
             rounds = config.refine_rounds if config.sampling == "refine" else 0
             for round_index in range(rounds + 1):
                 follow = round_index < rounds
                 new_points = []
                 for (batch,) in batch_iterator(config.points_per_batch, points):
                     new_points += self._run_batch(batch, candidates, covered, follow)
-                points = fresh_points(new_points, prompted, covered, config.refine_min_distance * max(height, width))
+                if not follow:
+                    break
+                points = fresh_points(new_points, prompted, covered, min_distance)
                 if not len(points):
                     break
                 prompted.append(points)
             if config.sampling == "refine" and config.fill_points_per_side:
                 grid = build_point_grid(config.fill_points_per_side) * scale
-                points = fresh_points(list(grid), prompted, covered, config.refine_min_distance * max(height, width))
+                points = fresh_points(list(grid), prompted, covered, min_distance)
                 if len(points):
                     prompted.append(points)
                     for (batch,) in batch_iterator(config.points_per_batch, points):
@@ -204,8 +207,12 @@ class LeanMaskGenerator:
             boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=self.config.box_nms_thresh
         )
         low_res = torch.cat(candidates.low_res)[keep]
-        masks = self._upsample(low_res) > self.predictor.model.mask_threshold
-        return masks.cpu().numpy(), scores[keep].float().cpu().numpy()
+        chunk = self.config.points_per_batch  # bounds the full-size float logits held at once
+        masks = [
+            (self._upsample(low_res[start : start + chunk]) > self.predictor.model.mask_threshold).cpu().numpy()
+            for start in range(0, len(low_res), chunk)
+        ]
+        return np.concatenate(masks), scores[keep].float().cpu().numpy()
 
 
 def uncovered_centre(mask: torch.Tensor, covered: torch.Tensor, max_area: float) -> tuple[float, float] | None:
