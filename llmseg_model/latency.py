@@ -46,7 +46,8 @@ from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
 
 logger = logging.getLogger(__name__)
 
-# DINOv2 ViT-L/14, the paper preset's backbone, for random-weight runs without a model folder.
+# DINOv2 ViT-L/14 as torch.hub ships it (518 px pretraining grid), the paper preset's backbone,
+# for random-weight runs without a model folder.
 DINOV2_VITL14 = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 518}
 # Proposal modes measured by default, as overrides of the preset's ProposalConfig: the preset's
 # own (tiny: refine sampling; paper: the dense grid, lean engine) and the dense grid through the
@@ -119,25 +120,36 @@ class LatencyConfig:
 
 
 def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
-    """SAM and DINOv2 (+ the pooling projection) of the configured shapes, on the device."""
+    """SAM and DINOv2 (+ the pooling projection) of the configured shapes, on the device, built as
+    `LLMSeg.from_config` builds them (DINOv2's dtype and position-embedding rule included)."""
     from transformers import Dinov2Model
 
+    from llmseg_model.modeling.features import HubInterpolationEmbeddings, load_dinov2
+    from llmseg_model.modeling.model import vlm_dtype
+
     model_config = config.model_config()
+    dtype = vlm_dtype(model_config.features.dtype, config.device.startswith("cuda"), "features.dtype")
     if config.random_weights:
         torch.manual_seed(config.seed)
         sam = build_sam(model_config.sam)
         dinov2 = Dinov2Model(_random_dinov2_config(config, model_config))
+        if model_config.features.pos_embed == "hub":  # as load_dinov2 sets it up
+            hub = HubInterpolationEmbeddings(dinov2.config)
+            hub.load_state_dict(dinov2.embeddings.state_dict())
+            dinov2.embeddings = hub
+        dinov2 = dinov2.to(dtype)
     else:
         if not model_config.weights.sam_checkpoint or not model_config.weights.dinov2_path:
             raise ValueError("no SAM / DINOv2 weights configured: set model.weights.* or pass --random-weights")
         sam = build_sam(model_config.sam, model_config.weights.sam_checkpoint)
-        dinov2 = Dinov2Model.from_pretrained(model_config.weights.dinov2_path, local_files_only=True)
+        dinov2 = load_dinov2(model_config.weights.dinov2_path, model_config.features, dtype)
     features = MaskFeatureExtractor(dinov2, model_config.features)
     return sam.to(config.device).eval(), features.to(config.device).eval()
 
 
 def _random_dinov2_config(config: LatencyConfig, model_config: LLMSegConfig) -> Any:
-    """The DINOv2 architecture of the preset's weight folder when it has one, else ViT-L/14;
+    """The DINOv2 architecture of the preset's weight folder when it has one, else ViT-L/14 (at
+    the hub checkpoint's 518 px grid; larger inputs interpolate its position embeddings);
     `config.dinov2` overrides either."""
     from transformers import Dinov2Config
 
@@ -145,7 +157,7 @@ def _random_dinov2_config(config: LatencyConfig, model_config: LLMSegConfig) -> 
     if folder is not None and (folder / "config.json").is_file():
         dinov2 = Dinov2Config.from_pretrained(str(folder), local_files_only=True)
     else:
-        dinov2 = Dinov2Config(**dict(DINOV2_VITL14, image_size=model_config.features.image_size))
+        dinov2 = Dinov2Config(**DINOV2_VITL14)
     for key, value in config.dinov2.items():
         if not hasattr(dinov2, key):
             raise ValueError(f"dinov2: unknown Dinov2Config setting {key!r}")

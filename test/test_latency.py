@@ -43,7 +43,7 @@ def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):
     )
     report = run_latency(config)
     prepare = report["quantities"]["prepare/dense"]
-    assert set(prepare["stages"]) == {"proposals", "features", "vision"}
+    assert {"proposals", "features", "vision"} <= set(prepare["stages"])
     assert prepare["median_ms"] >= prepare["stages"]["proposals"]["median_ms"]
     recall = report["recall"]["dense"]
     assert 0.0 <= recall["recall@0.5"] <= 1.0 and 0.0 <= recall["mean_best_iou"] <= 1.0

@@ -75,29 +75,29 @@ def sam_fingerprint(sam: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-# ProposalConfig settings that existed when caches were first written: always in the identity.
-PUBLISHED_PROPOSAL_FIELDS = (
-    "max_side", "top_k", "points_per_side", "points_per_batch", "pred_iou_thresh",
-    "stability_score_thresh", "box_nms_thresh", "min_mask_region_area", "lowres_size",
-)
+# ProposalConfig settings added after caches were first written, with the value each implicitly
+# had before it existed (low-res copies were area-resized, i.e. "stretch"; prompts were the grid).
+# An identity names such a setting only where it differs from that value, so older caches keep
+# their identity: caches from before a setting existed and caches that recorded it agree.
+LEGACY_PROPOSAL_VALUES = {"lowres_layout": "stretch", "sampling": "grid"}
+# Settings that only matter when refining.
+REFINE_PROPOSAL_FIELDS = ("refine_rounds", "refine_iou_thresh", "refine_max_area", "refine_min_distance", "fill_points_per_side")
 # Settings that change how fast, not which, proposals come out (tested identical): never in it.
 OUTPUT_NEUTRAL_PROPOSAL_FIELDS = ("engine",)
 
 
-def proposal_identity(proposals: ProposalConfig) -> dict[str, Any]:
-    """The proposal settings a cache is keyed by: the published ones, plus a newer setting only
-    where it differs from its default (the published dense grid), so caches made before it existed
-    stay valid; refine-only settings count only when sampling is not the dense grid."""
-    values = dataclasses.asdict(proposals)
-    defaults = dataclasses.asdict(ProposalConfig())
-    identity = {name: values[name] for name in PUBLISHED_PROPOSAL_FIELDS}
-    for name, value in values.items():
-        if name in identity or name in OUTPUT_NEUTRAL_PROPOSAL_FIELDS or value == defaults[name]:
-            continue
-        if proposals.sampling == "grid" and (name.startswith("refine_") or name.startswith("fill_")):
-            continue
-        identity[name] = value
-    return identity
+def proposal_identity(proposals: ProposalConfig | dict[str, Any]) -> dict[str, Any]:
+    """The proposal settings a cache is keyed by (of a config, or of a manifest's recorded
+    settings, which are normalised the same way before they are compared)."""
+    values = dataclasses.asdict(proposals) if dataclasses.is_dataclass(proposals) else dict(proposals)
+    refining = values.get("sampling", "grid") != "grid"
+    return {
+        name: value
+        for name, value in values.items()
+        if name not in OUTPUT_NEUTRAL_PROPOSAL_FIELDS
+        and not (name in LEGACY_PROPOSAL_VALUES and value == LEGACY_PROPOSAL_VALUES[name])
+        and not (name in REFINE_PROPOSAL_FIELDS and not refining)
+    }
 
 
 def cache_identity(sam: SamConfig, proposals: ProposalConfig, weights: str | None = None) -> dict[str, Any]:
@@ -189,7 +189,10 @@ class ProposalCache:
                 self.manifest = json.loads(manifest_path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{manifest_path}: unreadable proposal cache manifest ({err})") from err
-            diffs = _differences(expect, self.manifest)
+            found = dict(self.manifest)
+            if isinstance(found.get("proposals"), dict):
+                found["proposals"] = proposal_identity(found["proposals"])
+            diffs = _differences(expect, found)
             if diffs:
                 raise CacheMismatchError(
                     f"proposal cache {self.root} was made with other settings:\n  "
