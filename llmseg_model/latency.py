@@ -64,6 +64,7 @@ DEFAULT_MODES = {
     },
 }
 DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024)}
+CLOCKS = ("wall", "process")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class LatencyConfig:
     recall_scenes: int = 0  # held-out scenes for each mode's proposal recall (0: skip)
     recall_split: str = "val"
     device: str = "cpu"
+    clock: str = "wall"  # "wall", or "process": this process's CPU time (steadier on a shared CPU)
     threads: int = 0  # torch threads; 0 leaves torch's default
     seed: int = 0
     output_dir: str = "outputs/latency"
@@ -93,6 +95,10 @@ class LatencyConfig:
             raise ValueError("frames and iterations must be >= 1 and warmup >= 0")
         if self.warmup >= self.frames * self.iterations:
             raise ValueError(f"warmup ({self.warmup}) leaves no measured frame of {self.frames} x {self.iterations}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
+        if self.clock == "process" and self.device.startswith("cuda"):
+            raise ValueError("clock 'process' measures CPU time: use the wall clock on a GPU")
         if self.recall_split == "train":
             raise ValueError("recall is measured on held-out scenes: recall_split must be val or test")
 
@@ -191,42 +197,51 @@ def frames(config: LatencyConfig) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------- measuring
 
 
-def _synchronise(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+@dataclass(frozen=True)
+class Clock:
+    """How one quantity is timed: wall time (CUDA synchronised around it), or this process's CPU
+    time, which on a CPU shared with other jobs moves far less with their load (with one torch
+    thread it is the work done; with several it adds up every thread's time)."""
 
+    device: str = "cpu"
+    kind: str = "wall"
 
-def _seconds(device: str, run: Callable[[], Any]) -> tuple[float, Any]:
-    _synchronise(device)
-    start = time.perf_counter()
-    out = run()
-    _synchronise(device)
-    return time.perf_counter() - start, out
+    def seconds(self, run: Callable[[], Any]) -> tuple[float, Any]:
+        now = time.perf_counter if self.kind == "wall" else time.process_time
+        self._synchronise()
+        start = now()
+        out = run()
+        self._synchronise()
+        return now() - start, out
+
+    def _synchronise(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
 
 @torch.inference_mode()
-def sam_encoder_seconds(sam: Sam, image: np.ndarray, device: str) -> float:
+def sam_encoder_seconds(sam: Sam, image: np.ndarray, clock: Clock) -> float:
     """SAM's image encoder alone, on the frame resized and padded as SamPredictor does."""
     resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
-    pixels = sam.preprocess(torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None])
-    return _seconds(device, lambda: sam.image_encoder(pixels))[0]
+    pixels = sam.preprocess(torch.as_tensor(resized, device=clock.device).permute(2, 0, 1).contiguous()[None])
+    return clock.seconds(lambda: sam.image_encoder(pixels))[0]
 
 
-def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, device: str) -> tuple[float, int]:
+def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clock) -> tuple[float, int]:
     """Everything mode as `prepare` runs it; returns the seconds and the prompts decoded."""
-    seconds, (_, prompts) = _seconds(device, lambda: generator.propose(image))
+    seconds, (_, prompts) = clock.seconds(lambda: generator.propose(image))
     return seconds, prompts
 
 
 @torch.inference_mode()
-def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, device: str) -> float:
+def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, clock: Clock) -> float:
     """DINOv2 patch features of one frame (preprocessing included, pooling not)."""
-    return _seconds(device, lambda: features.patch_features(features.preprocess(image).to(device)))[0]
+    return clock.seconds(lambda: features.patch_features(features.preprocess(image).to(clock.device)))[0]
 
 
-def prepare_seconds(model: Any, image: np.ndarray, device: str) -> tuple[float, dict[str, float]]:
-    """The whole `LLMSeg.prepare`, and its own per-stage timings."""
-    seconds, frame = _seconds(device, lambda: model.prepare(image))
+def prepare_seconds(model: Any, image: np.ndarray, clock: Clock) -> tuple[float, dict[str, float]]:
+    """The whole `LLMSeg.prepare`, and its own per-stage timings (always wall time)."""
+    seconds, frame = clock.seconds(lambda: model.prepare(image))
     return seconds, dict(frame.timings)
 
 
@@ -266,18 +281,19 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
     generators = {name: ProposalGenerator(sam, proposals) for name, proposals in modes.items()}
     models = build_prepare_models(config, modes)
     images = frames(config)
+    clock = Clock(config.device, config.clock)
     samples: dict[str, list[float]] = {}
     prompts: dict[str, list[int]] = {}
     stages: dict[str, dict[str, list[float]]] = {}
     steps = [(i, image) for i in range(config.iterations) for image in images]
     for step, (_, image) in enumerate(tqdm(steps, desc="latency", unit="frame", disable=not config.progress)):
-        measured: dict[str, float] = {"sam_encoder": sam_encoder_seconds(sam, image, config.device)}
+        measured: dict[str, float] = {"sam_encoder": sam_encoder_seconds(sam, image, clock)}
         for name, generator in generators.items():
-            measured[f"proposals/{name}"], count = proposal_seconds(generator, image, config.device)
+            measured[f"proposals/{name}"], count = proposal_seconds(generator, image, clock)
             prompts.setdefault(name, []).append(count)
-        measured["dinov2"] = dinov2_seconds(features, image, config.device)
+        measured["dinov2"] = dinov2_seconds(features, image, clock)
         for name, model in models.items():
-            measured[f"prepare/{name}"], timings = prepare_seconds(model, image, config.device)
+            measured[f"prepare/{name}"], timings = prepare_seconds(model, image, clock)
             if step >= config.warmup:
                 for stage, seconds in timings.items():
                     stages.setdefault(name, {}).setdefault(stage, []).append(seconds)
@@ -346,7 +362,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         "# Frame latency",
         "",
-        f"Preset `{report['preset']}`, {width}x{height} frames, on {where}; medians of interleaved runs.",
+        f"Preset `{report['preset']}`, {width}x{height} frames, on {where}; {report['config']['clock']} clock, "
+        "medians of interleaved runs.",
         "",
         "| quantity | median ms | p95 ms | x encoder | prompts | n |",
         "|---|---:|---:|---:|---:|---:|",
@@ -419,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--recall-split", default=defaults.recall_split, choices=("val", "test"))
     parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--clock", default=defaults.clock, choices=CLOCKS,
+                        help="wall time, or this process's CPU time (steadier on a shared CPU)")
     parser.add_argument("--output-dir", default=defaults.output_dir)
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -458,6 +477,7 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
         recall_scenes=args.recall_scenes,
         recall_split=args.recall_split,
         device=args.device,
+        clock=args.clock,
         threads=args.threads,
         seed=args.seed,
         output_dir=args.output_dir,

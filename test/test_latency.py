@@ -19,7 +19,7 @@ SMALL_MODES = {
 def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_path):
     config = LatencyConfig(
         random_weights=True, modes=SMALL_MODES, frames=2, iterations=2, warmup=1,
-        frame_height=64, frame_width=80, output_dir=str(tmp_path), progress=False,
+        frame_height=64, frame_width=80, clock="process", output_dir=str(tmp_path), progress=False,
     )
     report = run_latency(config)
     quantities = report["quantities"]
@@ -33,7 +33,7 @@ def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_
     assert "recall" not in report
     assert json.loads((tmp_path / "latency.json").read_text())["quantities"].keys() == quantities.keys()
     markdown = (tmp_path / "latency.md").read_text()
-    assert "| proposals/refine |" in markdown and "x encoder" in markdown
+    assert "| proposals/refine |" in markdown and "x encoder" in markdown and "process clock" in markdown
 
 
 def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):
@@ -61,6 +61,10 @@ def test_modes_and_settings_are_checked():
         LatencyConfig(modes={"x": {"grid_size": 3}}).mode_configs()
     with pytest.raises(ValueError, match="held-out"):
         LatencyConfig(recall_split="train")
+    with pytest.raises(ValueError, match="clock"):
+        LatencyConfig(clock="cpu")
+    with pytest.raises(ValueError, match="wall clock on a GPU"):
+        LatencyConfig(clock="process", device="cuda")
     with pytest.raises(ValueError, match="warmup"):
         LatencyConfig(frames=1, iterations=1, warmup=1)
     assert set(LatencyConfig().mode_configs()) == set(latency.DEFAULT_MODES["tiny"])
