@@ -1,8 +1,10 @@
 """Per-frame latency of LLM-Seg, as ratios to SAM's image encoder measured in the same run.
 
-    python -m llmseg_model.latency                                   # the shipped tiny preset
-    python -m llmseg_model.latency --preset paper --random-weights \\
+    python -m llmseg_model.latency --threads 1 --clock process       # the shipped tiny preset
+    python -m llmseg_model.latency --preset paper --random-weights \
         --frames 1 --iterations 1 --warmup 0                         # paper shapes, random weights
+    python -m llmseg_model.latency --mode dense:sampling=grid,points_per_side=16 \
+        --mode refine5:points_per_side=5 --recall-scenes 200           # chosen proposal modes
 
 Per frame, interleaved (every quantity is measured once on a frame before the next frame), so a
 busy machine slows them alike and the ratios stay comparable:
@@ -15,14 +17,15 @@ busy machine slows them alike and the ratios stay comparable:
                       with --random-weights)
 
 With --recall-scenes N, each proposal mode's best-proposal IoU per object and recall@0.5 on N
-held-out procedural scenes (meaningful with trained SAM weights only).
+held-out procedural scenes (meaningful with trained SAM weights only). Shapes of random models come
+from --model.* (e.g. --model.sam.encoder_depth 2) and --dinov2 '{num_hidden_layers: 2}'.
 Writes latency.json and latency.md into --output-dir. Absolute times depend on the machine and
-its load; compare ratios, and only numbers from one run.
+its load; compare ratios, and only numbers from one run. torch and the models are imported when
+the run starts, after its settings are checked.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -31,18 +34,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from llmseg_model.cli import exit_on_bad_input
-from llmseg_model.config import LLMSegConfig, ProposalConfig, merge_nested, preset_with_overrides
-from llmseg_model.modeling.features import MaskFeatureExtractor
-from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
+from llmseg_model.cli import Command, run_command
+from llmseg_model.config import LLMSegConfig, ProposalConfig, bounded, check_fields, from_mapping, merge_nested, model_settings, one_of
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+    from llmseg_model.modeling.features import MaskFeatureExtractor
+    from llmseg_model.modeling.proposals import ProposalGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -65,45 +69,52 @@ DEFAULT_MODES = {
 }
 DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024)}
 CLOCKS = ("wall", "process")
+RECALL_SPLITS = ("val", "test")  # held out: never the train split
 
 
 @dataclass
 class LatencyConfig:
     """One latency run."""
 
-    preset: str = "tiny"
-    model: dict = field(default_factory=dict)  # nested LLMSegConfig overrides
-    random_weights: bool = False  # random SAM and DINOv2 of the configured shapes; no prepare
-    dinov2: dict = field(default_factory=dict)  # Dinov2Config overrides for random weights
-    modes: dict[str, dict] = field(default_factory=dict)  # name -> ProposalConfig overrides; {}: DEFAULT_MODES
-    frames: int = 8  # distinct procedural test-split frames
-    frame_height: int = 0  # 0: DEFAULT_FRAME of the preset
-    frame_width: int = 0
-    iterations: int = 2  # passes over the frames
-    warmup: int = 1  # first frames of the first pass left out
-    recall_scenes: int = 0  # held-out scenes for each mode's proposal recall (0: skip)
-    recall_split: str = "val"
-    device: str = "cpu"
-    clock: str = "wall"  # "wall", or "process": this process's CPU time (steadier on a shared CPU)
-    threads: int = 0  # torch threads; 0 leaves torch's default
-    seed: int = 0
-    output_dir: str = "outputs/latency"
-    progress: bool = True
+    preset: str = "tiny"  # tiny | paper | paper_llava15, or a saved llmseg_config.json
+    model: dict = field(default_factory=dict)  # nested overrides of LLMSegConfig, on the preset's values
+    random_weights: bool = False  # random SAM and DINOv2 of the configured shapes (no prepare: it needs LLaVA weights)
+    dinov2: dict = field(default_factory=dict)  # Dinov2Config overrides for random weights, e.g. {num_hidden_layers: 2}
+    modes: dict = field(default_factory=dict)  # proposal mode name -> ProposalConfig overrides; empty: the preset's DEFAULT_MODES
+    # Proposal modes in the short form NAME[:key=value,...] (e.g. refine5:points_per_side=5); given,
+    # they replace `modes`.
+    mode: list[str] = field(default_factory=list)
+    frames: int = bounded(8, ge=1)  # distinct procedural test-split frames
+    frame_height: int = bounded(0, ge=0)  # 0: the preset's default frame (tiny 256x256, paper 768x1024)
+    frame_width: int = bounded(0, ge=0)  # 0: the preset's default frame
+    iterations: int = bounded(2, ge=1)  # passes over the frames
+    warmup: int = bounded(1, ge=0)  # first measurements (frames of the first pass) left out
+    recall_scenes: int = bounded(0, ge=0)  # held-out scenes for each mode's proposal recall (0: skip)
+    recall_split: str = one_of("val", RECALL_SPLITS)  # the held-out split of the recall scenes
+    device: str = "cpu"  # torch device, e.g. cuda
+    clock: str = one_of("wall", CLOCKS)  # wall, or process: this process's CPU time (steadier on a shared CPU)
+    threads: int = bounded(0, ge=0)  # torch threads; 0 leaves torch's default
+    seed: int = 0  # random weights and frame choice
+    output_dir: str = "outputs/latency"  # latency.json and latency.md
+    progress: bool = True  # a progress bar over the frames
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.iterations < 1 or self.warmup < 0:
-            raise ValueError("frames and iterations must be >= 1 and warmup >= 0")
+        if self.mode:  # the short form replaces the mapping
+            self.modes, self.mode = parse_modes(self.mode), []
+        check_fields(self)
         if self.warmup >= self.frames * self.iterations:
             raise ValueError(f"warmup ({self.warmup}) leaves no measured frame of {self.frames} x {self.iterations}")
-        if self.clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.clock == "process" and self.device.startswith("cuda"):
             raise ValueError("clock 'process' measures CPU time: use the wall clock on a GPU")
-        if self.recall_split == "train":
-            raise ValueError("recall is measured on held-out scenes: recall_split must be val or test")
+        self.mode_configs()  # the preset exists and every override is a valid setting
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyConfig":
+        """Build from a (possibly partial) mapping, as a YAML file gives it."""
+        return from_mapping(cls, data)
 
     def model_config(self) -> LLMSegConfig:
-        return preset_with_overrides(self.preset, self.model)
+        return model_settings(self.preset, self.model)
 
     def mode_configs(self) -> dict[str, ProposalConfig]:
         """Every proposal mode as a full ProposalConfig (the preset's, overridden)."""
@@ -111,15 +122,36 @@ class LatencyConfig:
         modes = self.modes or DEFAULT_MODES.get(self.preset, {"preset": {}})
         out = {}
         for name, overrides in modes.items():
-            unknown = set(overrides) - set(base)
-            if unknown:
-                raise ValueError(f"proposal mode {name!r}: unknown ProposalConfig setting(s) {sorted(unknown)}")
-            out[name] = ProposalConfig(**merge_nested(base, overrides))
+            if not isinstance(overrides, dict):
+                raise ValueError(f"modes.{name}: expected a mapping of ProposalConfig settings, got {overrides!r}")
+            try:
+                out[name] = from_mapping(ProposalConfig, merge_nested(base, overrides))
+            except ValueError as err:
+                raise ValueError(f"modes.{name}: {err}") from None
         return out
 
     def frame_size(self) -> tuple[int, int]:
         default = DEFAULT_FRAME.get(self.preset, (256, 256))
         return (self.frame_height or default[0], self.frame_width or default[1])
+
+
+def parse_modes(texts: list[str]) -> dict[str, dict[str, Any]]:
+    """Proposal modes from their short form NAME[:key=value,...] (values read as YAML)."""
+    import yaml
+
+    modes: dict[str, dict[str, Any]] = {}
+    for i, text in enumerate(texts):
+        name, _, rest = text.partition(":")
+        overrides = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"mode[{i}] {text!r}: expected key=value, got {item!r}")
+            overrides[key.strip()] = yaml.safe_load(value)
+        if not name:
+            raise ValueError(f"mode[{i}] {text!r}: give the mode a name")
+        modes[name] = overrides
+    return modes
 
 
 # ---------------------------------------------------------------------------------- building
@@ -128,10 +160,12 @@ class LatencyConfig:
 def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
     """SAM and DINOv2 (+ the pooling projection) of the configured shapes, on the device, built as
     `LLMSeg.from_config` builds them (DINOv2's dtype and position-embedding rule included)."""
+    import torch
     from transformers import Dinov2Model
 
-    from llmseg_model.modeling.features import HubInterpolationEmbeddings, load_dinov2
+    from llmseg_model.modeling.features import HubInterpolationEmbeddings, MaskFeatureExtractor, load_dinov2
     from llmseg_model.modeling.model import vlm_dtype
+    from llmseg_model.modeling.proposals import build_sam
 
     model_config = config.model_config()
     dtype = vlm_dtype(model_config.features.dtype, config.device.startswith("cuda"), "features.dtype")
@@ -216,15 +250,20 @@ class Clock:
 
     def _synchronise(self) -> None:
         if self.device.startswith("cuda"):
+            import torch
+
             torch.cuda.synchronize()
 
 
-@torch.inference_mode()
 def sam_encoder_seconds(sam: Sam, image: np.ndarray, clock: Clock) -> float:
     """SAM's image encoder alone, on the frame resized and padded as SamPredictor does."""
-    resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
-    pixels = sam.preprocess(torch.as_tensor(resized, device=clock.device).permute(2, 0, 1).contiguous()[None])
-    return clock.seconds(lambda: sam.image_encoder(pixels))[0]
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    with torch.inference_mode():
+        resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
+        pixels = sam.preprocess(torch.as_tensor(resized, device=clock.device).permute(2, 0, 1).contiguous()[None])
+        return clock.seconds(lambda: sam.image_encoder(pixels))[0]
 
 
 def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clock) -> tuple[float, int]:
@@ -233,10 +272,12 @@ def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clo
     return seconds, prompts
 
 
-@torch.inference_mode()
 def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, clock: Clock) -> float:
     """DINOv2 patch features of one frame (preprocessing included, pooling not)."""
-    return clock.seconds(lambda: features.patch_features(features.preprocess(image).to(clock.device)))[0]
+    import torch
+
+    with torch.inference_mode():
+        return clock.seconds(lambda: features.patch_features(features.preprocess(image).to(clock.device)))[0]
 
 
 def prepare_seconds(model: Any, image: np.ndarray, clock: Clock) -> tuple[float, dict[str, float]]:
@@ -274,6 +315,10 @@ def recall_per_mode(sam: Sam, modes: dict[str, ProposalConfig], config: LatencyC
 
 def run_latency(config: LatencyConfig) -> dict[str, Any]:
     """Measure every quantity frame by frame, write latency.json / latency.md, return the report."""
+    import torch
+
+    from llmseg_model.modeling.proposals import ProposalGenerator
+
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     modes = config.mode_configs()
@@ -339,6 +384,8 @@ def latency_report(
 
 
 def _platform(device: str) -> dict[str, Any]:
+    import torch
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -402,95 +449,41 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> None:
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _parse_mode(text: str) -> tuple[str, dict[str, Any]]:
-    """NAME or NAME:key=value,key=value (ProposalConfig fields, YAML values)."""
-    import yaml
-
-    name, _, rest = text.partition(":")
-    overrides = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise argparse.ArgumentTypeError(f"--mode {text!r}: expected key=value, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    if not name:
-        raise argparse.ArgumentTypeError(f"--mode {text!r}: give a name")
-    return name, overrides
+def check_paths(config: LatencyConfig) -> None:
+    """What must exist before anything loads: the model's weights, unless they are random."""
+    if not config.random_weights:
+        config.model_config().weights.check_exist(trained=True, prefix="model.weights.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = LatencyConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m llmseg_model.latency",
-        description="Per-frame latency of SAM proposals (per mode), DINOv2 and prepare, as ratios to SAM's encoder.",
-    )
-    parser.add_argument("--preset", default=defaults.preset, help="model preset (tiny, paper)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="LLMSegConfig override by dotted key, e.g. sam.encoder_depth=2")
-    parser.add_argument("--random-weights", action="store_true", help="random SAM and DINOv2 of the configured shapes")
-    parser.add_argument("--dinov2", action="append", default=[], metavar="KEY=VALUE",
-                        help="Dinov2Config override for random weights, e.g. num_hidden_layers=2")
-    parser.add_argument("--mode", action="append", default=[], type=_parse_mode, metavar="NAME[:k=v,...]",
-                        help="proposal mode (ProposalConfig overrides); repeatable; default: the preset's set")
-    for name in ("frames", "frame_height", "frame_width", "iterations", "warmup", "recall_scenes", "threads", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--recall-split", default=defaults.recall_split, choices=("val", "test"))
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--clock", default=defaults.clock, choices=CLOCKS,
-                        help="wall time, or this process's CPU time (steadier on a shared CPU)")
-    parser.add_argument("--output-dir", default=defaults.output_dir)
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def _dotted(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            parser.error(f"expected KEY=VALUE, got {item!r}")
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return out
-
-
-def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = LatencyConfig(
-        preset=args.preset,
-        model=_dotted(args.set, parser),
-        random_weights=args.random_weights,
-        dinov2=_dotted(args.dinov2, parser),
-        modes=dict(args.mode),
-        frames=args.frames,
-        frame_height=args.frame_height,
-        frame_width=args.frame_width,
-        iterations=args.iterations,
-        warmup=args.warmup,
-        recall_scenes=args.recall_scenes,
-        recall_split=args.recall_split,
-        device=args.device,
-        clock=args.clock,
-        threads=args.threads,
-        seed=args.seed,
-        output_dir=args.output_dir,
-        progress=not args.no_progress,
-    )
+def run(config: LatencyConfig) -> dict[str, Any]:
+    """The command's work: the measurement, its report logged."""
     report = run_latency(config)
     logger.info("\n%s", markdown_report(report))
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input ends with its message and exit status 2, not a traceback."""
-    exit_on_bad_input(run_cli, argv)
+COMMAND = Command(
+    name="llmseg-latency",
+    module="llmseg_model.latency",
+    config=LatencyConfig,
+    run=run,
+    description="Per-frame latency of SAM proposals (per mode), DINOv2 and prepare, as ratios to SAM's image encoder.",
+    model_field="model",
+    check=check_paths,
+    outputs=lambda config: [config.output_dir],
+    uses_transformers=True,
+)
+
+
+def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, run, return the report."""
+    return run_command(COMMAND, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`python -m llmseg_model.latency`)."""
+    run_cli(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from llmseg_model import latency
+from llmseg_model.cli import parse_command
 from llmseg_model.latency import LatencyConfig, run_latency
 
 SMALL_MODES = {
@@ -51,15 +51,16 @@ def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):
 
 
 def test_modes_and_settings_are_checked():
-    assert latency._parse_mode("refine:sampling=refine,points_per_side=5") == (
-        "refine", {"sampling": "refine", "points_per_side": 5}
-    )
-    assert latency._parse_mode("preset") == ("preset", {})
-    with pytest.raises(argparse.ArgumentTypeError):
-        latency._parse_mode("refine:points_per_side")
-    with pytest.raises(ValueError, match="unknown ProposalConfig setting"):
-        LatencyConfig(modes={"x": {"grid_size": 3}}).mode_configs()
-    with pytest.raises(ValueError, match="held-out"):
+    assert latency.parse_modes(["refine:sampling=refine,points_per_side=5", "preset"]) == {
+        "refine": {"sampling": "refine", "points_per_side": 5}, "preset": {},
+    }
+    with pytest.raises(ValueError, match="key=value"):
+        latency.parse_modes(["refine:points_per_side"])
+    with pytest.raises(ValueError, match="modes.x: .*unknown setting"):
+        LatencyConfig(modes={"x": {"grid_size": 3}})
+    with pytest.raises(ValueError, match="modes.x: proposals.sampling must be one of"):
+        LatencyConfig(mode=["x:sampling=sparse"])
+    with pytest.raises(ValueError, match="recall_split"):
         LatencyConfig(recall_split="train")
     with pytest.raises(ValueError, match="clock"):
         LatencyConfig(clock="cpu")
@@ -68,3 +69,14 @@ def test_modes_and_settings_are_checked():
     with pytest.raises(ValueError, match="warmup"):
         LatencyConfig(frames=1, iterations=1, warmup=1)
     assert set(LatencyConfig().mode_configs()) == set(latency.DEFAULT_MODES["tiny"])
+
+
+def test_command_line_reaches_the_settings():
+    argv = ["--random-weights", "--mode", "dense:points_per_side=4", "--mode", "refine5:points_per_side=5",
+            "--model.sam.encoder_depth", "2", "--model.sam.encoder_global_attn_indexes", "[1]",
+            "--dinov2", "{num_hidden_layers: 1}", "--clock", "process", "--recall-scenes", "3"]
+    config = parse_command(latency.COMMAND, argv, "llmseg-latency").config
+    assert config.random_weights and config.clock == "process" and config.recall_scenes == 3
+    assert config.modes == {"dense": {"points_per_side": 4}, "refine5": {"points_per_side": 5}}
+    assert config.model_config().sam.encoder_depth == 2 and config.dinov2 == {"num_hidden_layers": 1}
+    assert config.mode_configs()["refine5"].sampling == "refine"  # the tiny preset's, overridden
