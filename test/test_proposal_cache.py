@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmseg_model.config import tiny_config
+from llmseg_model.config import ProposalConfig, tiny_config
 from llmseg_model.data import proposal_cache as pc
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.procedural import ProceduralConfig, ProceduralDataset
@@ -194,3 +194,60 @@ datasets:
     assert stats.computed == 1
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["proposals"]["points_per_side"] == 4
+
+
+# The proposals section of a tiny-preset manifest as caches recorded it before ProposalConfig had
+# lowres_layout / sampling / refine / engine settings: the dense grid must keep this identity.
+EARLIER_TINY_DENSE_IDENTITY = {
+    "max_side": 256, "top_k": 16, "points_per_side": 16, "points_per_batch": 256, "pred_iou_thresh": 0.7,
+    "stability_score_thresh": 0.8, "box_nms_thresh": 0.7, "min_mask_region_area": 0, "lowres_size": 64,
+}
+
+
+def dense_tiny() -> ProposalConfig:
+    return dataclasses.replace(tiny_config().proposals, sampling="grid", points_per_side=16)
+
+
+def test_dense_grid_keeps_the_identity_earlier_caches_recorded():
+    sam = tiny_config().sam
+    identity = pc.cache_identity(sam, dense_tiny())
+    assert identity["proposals"] == EARLIER_TINY_DENSE_IDENTITY
+    # The paper preset's copies are padded (not what earlier caches hold), so that is recorded.
+    assert pc.cache_identity(sam, ProposalConfig())["proposals"] == {
+        **{k: getattr(ProposalConfig(), k) for k in EARLIER_TINY_DENSE_IDENTITY}, "lowres_layout": "pad",
+    }
+    # How fast (engine) never counts; refine settings only count when refining.
+    assert pc.cache_identity(sam, dataclasses.replace(dense_tiny(), engine="segment_anything")) == identity
+    assert pc.cache_identity(sam, dataclasses.replace(dense_tiny(), refine_rounds=5)) == identity
+    refine = dataclasses.replace(dense_tiny(), sampling="refine", points_per_side=6, refine_rounds=1)
+    assert pc.cache_identity(sam, refine)["proposals"] == {
+        **EARLIER_TINY_DENSE_IDENTITY, "points_per_side": 6, "sampling": "refine", "refine_rounds": 1,
+        **{k: getattr(refine, k) for k in pc.REFINE_PROPOSAL_FIELDS if k != "refine_rounds"},
+    }
+
+
+@pytest.mark.parametrize("recorded", ["before lowres_layout", "with lowres_layout"])
+def test_caches_written_before_the_new_settings_still_open(tmp_path, recorded):
+    sam = tiny_config().sam
+    proposals = dict(EARLIER_TINY_DENSE_IDENTITY)
+    if recorded == "with lowres_layout":  # every ProposalConfig field of that time, as asdict wrote it
+        proposals["lowres_layout"] = "stretch"
+    manifest = {"format": pc.CACHE_FORMAT, "sam": dataclasses.asdict(sam), "proposals": proposals, "sam_weights": "0" * 64}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert ProposalCache(tmp_path, sam, dense_tiny()).manifest["proposals"] == proposals
+    with pytest.raises(CacheMismatchError, match="proposals.sampling: missing in cache"):
+        ProposalCache(tmp_path, sam, dataclasses.replace(dense_tiny(), sampling="refine"))
+    with pytest.raises(CacheMismatchError, match="proposals.lowres_layout: missing in cache"):
+        ProposalCache(tmp_path, sam, dataclasses.replace(dense_tiny(), lowres_layout="pad"))
+
+
+def test_refine_and_dense_caches_are_told_apart(tmp_path):
+    config = small_config()
+    torch.manual_seed(0)
+    sam = build_sam(config.sam)
+    refine = dataclasses.replace(config.proposals, sampling="refine")
+    ProposalCache(tmp_path, config.sam, refine, generator=ProposalGenerator(sam, refine))
+    dense = dataclasses.replace(refine, sampling="grid")
+    with pytest.raises(CacheMismatchError, match="proposals.sampling: cache has 'refine', expected the default"):
+        ProposalCache(tmp_path, config.sam, dense)
+    assert ProposalCache(tmp_path, config.sam, refine).manifest["proposals"]["sampling"] == "refine"

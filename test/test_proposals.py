@@ -1,9 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from llmseg_model.config import tiny_config
+from llmseg_model.config import ProposalConfig, tiny_config
+from llmseg_model.modeling.mask_generator import MaskSet, fresh_points, uncovered_centre
 from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image, resize_long_side
+from llmseg_model.tiny.pretrain import validation_scenes
 
 
 def test_from_masks_sorts_by_area_and_round_trips():
@@ -49,23 +53,115 @@ def test_resize_long_side_never_upscales():
     assert resize_long_side(image, 40).shape == (40, 20, 3)
 
 
-def test_filter_first_generator_matches_segment_anything():
-    from segment_anything import SamAutomaticMaskGenerator
+def stock_and_lean(sam, proposals):
+    """The same settings through the stock SamAutomaticMaskGenerator and the lean engine."""
+    stock = ProposalGenerator(sam, dataclasses.replace(proposals, engine="segment_anything"))
+    return stock, ProposalGenerator(sam, dataclasses.replace(proposals, engine="lean"))
 
+
+def assert_same_masks(a: MaskSet, b: MaskSet) -> None:
+    assert a.masks.shape == b.masks.shape and a.prompts == b.prompts
+    assert np.array_equal(a.masks, b.masks)
+    assert np.array_equal(a.scores, b.scores)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
     config = tiny_config()
-    sam = build_sam(config.sam, config.weights.sam_checkpoint)
-    gen = ProposalGenerator(sam, config.proposals)
-    p = config.proposals
-    stock = SamAutomaticMaskGenerator(
-        sam, points_per_side=p.points_per_side, points_per_batch=p.points_per_batch, pred_iou_thresh=p.pred_iou_thresh,
-        stability_score_thresh=p.stability_score_thresh, box_nms_thresh=p.box_nms_thresh,
-    )
-    from llmseg_model.data.procedural import ProceduralDataset
+    return build_sam(config.sam, config.weights.sam_checkpoint)
 
-    image = ProceduralDataset("val", 1).scene(0).image
-    with torch.inference_mode():
-        ours, theirs = gen.generator.generate(image), stock.generate(image)
-    assert len(ours) == len(theirs) > 0
-    for a, b in zip(ours, theirs):
-        assert np.array_equal(a["segmentation"], b["segmentation"])
-        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-5)
+
+def test_lean_engine_gives_the_stock_generators_masks(tiny_sam):
+    """Dense grid, the tiny preset's thresholds: same masks, scores and order as segment-anything."""
+    proposals = dataclasses.replace(tiny_config().proposals, sampling="grid", points_per_side=16)
+    stock, lean = stock_and_lean(tiny_sam, proposals)
+    for scene in validation_scenes(2):
+        theirs, ours = stock.masks(scene.image), lean.masks(scene.image)
+        assert len(theirs.masks) > 0
+        assert_same_masks(ours, theirs)
+        a, b = stock(scene.image), lean(scene.image)
+        assert a.rles == b.rles and np.array_equal(a.sam_scores, b.sam_scores)
+
+
+def test_lean_engine_matches_when_every_mask_passes(tiny_sam):
+    """No thresholds, several decoder batches, many overlapping masks: NMS order is the stock's."""
+    proposals = dataclasses.replace(
+        tiny_config().proposals, sampling="grid", points_per_side=6, points_per_batch=10,
+        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9,
+    )
+    stock, lean = stock_and_lean(tiny_sam, proposals)
+    scene = validation_scenes(2)[1]  # 192 x 256: non-square
+    theirs, ours = stock.masks(scene.image), lean.masks(scene.image)
+    assert len(theirs.masks) > 20
+    assert_same_masks(ours, theirs)
+
+
+def best_ious(generator: ProposalGenerator, scenes) -> tuple[np.ndarray, float]:
+    """Best proposal IoU of every object, and the mean number of prompts decoded."""
+    ious, prompts = [], []
+    for scene in scenes:
+        proposals, count = generator.propose(scene.image)
+        prompts.append(count)
+        masks = proposals.masks()
+        for gt in scene.masks.astype(bool):
+            inter = (masks & gt).reshape(len(masks), -1).sum(1)
+            union = (masks | gt).reshape(len(masks), -1).sum(1)
+            ious.append(float((inter / np.maximum(union, 1)).max()) if len(masks) else 0.0)
+    return np.asarray(ious), float(np.mean(prompts))
+
+
+def test_refine_sampling_keeps_the_dense_grids_recall_with_fewer_prompts(tiny_sam):
+    """Held-out val scenes: the coarse grid alone misses objects; refining finds them again."""
+    scenes = validation_scenes(12, seed=3)
+    base = dataclasses.replace(tiny_config().proposals, points_per_side=16, sampling="grid")
+    dense, dense_prompts = best_ious(ProposalGenerator(tiny_sam, base), scenes)
+    refine = dataclasses.replace(base, sampling="refine", points_per_side=6)
+    refined, refined_prompts = best_ious(ProposalGenerator(tiny_sam, refine), scenes)
+    coarse, _ = best_ious(ProposalGenerator(tiny_sam, dataclasses.replace(refine, refine_rounds=0)), scenes)
+    assert dense_prompts == 256 and 36 < refined_prompts < 256 / 3
+    assert refined.mean() >= dense.mean() - 0.03 and (refined >= 0.5).mean() >= (dense >= 0.5).mean() - 0.03
+    assert coarse.mean() < refined.mean() - 0.03
+
+
+def test_fill_prompts_the_finer_grid_where_nothing_is_kept(tiny_sam):
+    refine = dataclasses.replace(tiny_config().proposals, sampling="refine", points_per_side=4, refine_rounds=0)
+    image = validation_scenes(1)[0].image
+    plain = ProposalGenerator(tiny_sam, refine).masks(image)
+    filled = ProposalGenerator(tiny_sam, dataclasses.replace(refine, fill_points_per_side=8)).masks(image)
+    assert plain.prompts == 16 and 16 < filled.prompts < 16 + 64  # some grid points lie on kept masks
+    assert len(filled.masks) >= len(plain.masks)
+
+
+def test_uncovered_centre_lands_on_the_free_part_of_the_mask():
+    mask = torch.zeros((20, 30), dtype=torch.bool)
+    mask[2:8, 2:12] = True
+    covered = torch.zeros_like(mask)
+    # centroid (6.5, 4.5); of the four pixels as near, the first in row-major order: (x=6, y=4)
+    assert uncovered_centre(mask, covered, max_area=0.5) == (6.5, 4.5)
+    covered[:, :8] = True
+    x, y = uncovered_centre(mask, covered, max_area=0.5)
+    assert mask[int(y), int(x)] and not covered[int(y), int(x)]
+    covered[:] = True
+    assert uncovered_centre(mask, covered, max_area=0.5) is None
+    assert uncovered_centre(torch.ones_like(mask), torch.zeros_like(mask), max_area=0.5) is None
+
+
+def test_fresh_points_skip_covered_and_near_points():
+    covered = torch.zeros((32, 32), dtype=torch.bool)
+    covered[:, :10] = True
+    prompted = [np.array([[20.0, 20.0]])]
+    points = [(5.0, 5.0), (21.0, 20.0), (30.0, 5.0), (30.5, 6.0), (15.0, 28.0)]
+    fresh = fresh_points(points, prompted, covered, min_distance=4.0)
+    assert fresh.tolist() == [[30.0, 5.0], [15.0, 28.0]]
+
+
+def test_proposal_settings_are_checked():
+    with pytest.raises(ValueError, match="sampling"):
+        ProposalConfig(sampling="sparse")
+    with pytest.raises(ValueError, match="engine"):
+        ProposalConfig(engine="fast")
+    with pytest.raises(ValueError, match="needs proposals.engine: lean"):
+        ProposalConfig(sampling="refine", engine="segment_anything")
+    with pytest.raises(ValueError, match="min_mask_region_area"):
+        ProposalConfig(min_mask_region_area=100)
+    assert ProposalConfig(min_mask_region_area=100, engine="segment_anything").min_mask_region_area == 100

@@ -75,13 +75,38 @@ def sam_fingerprint(sam: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# ProposalConfig settings added after caches were first written, with the value each implicitly
+# had before it existed (low-res copies were area-resized, i.e. "stretch"; prompts were the grid).
+# An identity names such a setting only where it differs from that value, so older caches keep
+# their identity: caches from before a setting existed and caches that recorded it agree.
+LEGACY_PROPOSAL_VALUES = {"lowres_layout": "stretch", "sampling": "grid"}
+# Settings that only matter when refining.
+REFINE_PROPOSAL_FIELDS = ("refine_rounds", "refine_iou_thresh", "refine_max_area", "refine_min_distance", "fill_points_per_side")
+# Settings that change how fast, not which, proposals come out (tested identical): never in it.
+OUTPUT_NEUTRAL_PROPOSAL_FIELDS = ("engine",)
+
+
+def proposal_identity(proposals: ProposalConfig | dict[str, Any]) -> dict[str, Any]:
+    """The proposal settings a cache is keyed by (of a config, or of a manifest's recorded
+    settings, which are normalised the same way before they are compared)."""
+    values = dataclasses.asdict(proposals) if dataclasses.is_dataclass(proposals) else dict(proposals)
+    refining = values.get("sampling", "grid") != "grid"
+    return {
+        name: value
+        for name, value in values.items()
+        if name not in OUTPUT_NEUTRAL_PROPOSAL_FIELDS
+        and not (name in LEGACY_PROPOSAL_VALUES and value == LEGACY_PROPOSAL_VALUES[name])
+        and not (name in REFINE_PROPOSAL_FIELDS and not refining)
+    }
+
+
 def cache_identity(sam: SamConfig, proposals: ProposalConfig, weights: str | None = None) -> dict[str, Any]:
     """What a cache must agree on. Leave `weights` (a `sam_fingerprint`) out to accept any SAM
     weights, e.g. when reading a cache made on another machine without SAM at hand."""
     identity: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "sam": dataclasses.asdict(sam),
-        "proposals": dataclasses.asdict(proposals),
+        "proposals": proposal_identity(proposals),
     }
     if weights is not None:
         identity["sam_weights"] = weights
@@ -94,6 +119,8 @@ def _json_normal(value: Any) -> Any:
 
 
 def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
+    """Every setting that differs; below the top level (where e.g. `sam_weights` may be left out
+    of what is expected) a setting the cache has and the request lacks is a difference too."""
     if isinstance(expected, dict) and isinstance(found, dict):
         out = []
         for key in expected:
@@ -102,6 +129,8 @@ def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
                 out.append(f"{name}: missing in cache (expected {expected[key]!r})")
             else:
                 out += _differences(expected[key], found[key], name)
+        if prefix:
+            out += [f"{prefix}.{key}: cache has {_short(found[key])}, expected the default" for key in found if key not in expected]
         return out
     return [] if expected == found else [f"{prefix}: cache has {_short(found)}, expected {_short(expected)}"]
 
@@ -149,7 +178,7 @@ class ProposalCache:
         self.generator = generator
         self.verify = verify
         if generator is not None:
-            if asdict_normal(generator.config) != asdict_normal(proposals):
+            if _json_normal(proposal_identity(generator.config)) != _json_normal(proposal_identity(proposals)):
                 raise ValueError("the generator's ProposalConfig differs from the cache's proposals config")
             if weights is None:
                 weights = sam_fingerprint(generator.sam)
@@ -160,7 +189,10 @@ class ProposalCache:
                 self.manifest = json.loads(manifest_path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{manifest_path}: unreadable proposal cache manifest ({err})") from err
-            diffs = _differences(expect, self.manifest)
+            found = dict(self.manifest)
+            if isinstance(found.get("proposals"), dict):
+                found["proposals"] = proposal_identity(found["proposals"])
+            diffs = _differences(expect, found)
             if diffs:
                 raise CacheMismatchError(
                     f"proposal cache {self.root} was made with other settings:\n  "
@@ -256,10 +288,6 @@ class ProposalCache:
         proposals = self.generator(image)
         self.put(sample.source, sample.image_id, proposals, image)
         return proposals
-
-
-def asdict_normal(config: Any) -> Any:
-    return _json_normal(dataclasses.asdict(config))
 
 
 @dataclass

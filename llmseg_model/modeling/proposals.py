@@ -17,17 +17,10 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
-from segment_anything.utils.amg import (
-    MaskData,
-    batched_mask_to_box,
-    calculate_stability_score,
-    is_box_near_crop_edge,
-    mask_to_rle_pytorch,
-    uncrop_masks,
-)
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from llmseg_model.config import LOWRES_LAYOUTS, ProposalConfig, SamConfig
+from llmseg_model.modeling.mask_generator import LeanMaskGenerator, MaskSet
 
 logger = logging.getLogger(__name__)
 
@@ -213,84 +206,53 @@ def resize_long_side(image: np.ndarray, max_side: int) -> np.ndarray:
     return resized.squeeze(0).permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-class FilterFirstMaskGenerator(SamAutomaticMaskGenerator):
-    """`SamAutomaticMaskGenerator` that drops low predicted-IoU masks on the decoder's low-res
-    logits, before upsampling them to the image size.
-
-    The stock generator upsamples all 3 x points_per_batch masks first; that upsampling was ~70%
-    of its CPU time on the tiny preset. The kept masks, scores and order are the same.
-    """
-
-    def _process_batch(self, points: np.ndarray, im_size, crop_box, orig_size) -> MaskData:
-        orig_h, orig_w = orig_size
-        predictor = self.predictor
-        model = predictor.model
-        coords = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
-        labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
-        sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = model.mask_decoder(
-            image_embeddings=predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
-        point_rows = torch.as_tensor(points.repeat(low_res.shape[0] // len(points), axis=0))
-        if self.pred_iou_thresh > 0.0:
-            keep = iou_preds > self.pred_iou_thresh
-            low_res, iou_preds, point_rows = low_res[keep], iou_preds[keep], point_rows[keep.cpu()]
-        masks = model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
-        data = MaskData(masks=masks, iou_preds=iou_preds, points=point_rows)
-        data["stability_score"] = calculate_stability_score(data["masks"], model.mask_threshold, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            data.filter(data["stability_score"] >= self.stability_score_thresh)
-        data["masks"] = data["masks"] > model.mask_threshold
-        data["boxes"] = batched_mask_to_box(data["masks"])
-        keep_box = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-        if not torch.all(keep_box):
-            data.filter(keep_box)
-        data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
-        data["rles"] = mask_to_rle_pytorch(data["masks"])
-        del data["masks"]
-        return data
-
-
 class ProposalGenerator:
-    """Runs `SamAutomaticMaskGenerator` and keeps the top-K proposals by area."""
+    """Runs SAM in everything mode (`config.engine`) and keeps the top-K proposals by area."""
 
     def __init__(self, sam: Sam, config: ProposalConfig) -> None:
         self.config = config
         self.sam = sam
-        self.generator = FilterFirstMaskGenerator(
-            sam,
-            points_per_side=config.points_per_side,
-            points_per_batch=config.points_per_batch,
-            pred_iou_thresh=config.pred_iou_thresh,
-            stability_score_thresh=config.stability_score_thresh,
-            box_nms_thresh=config.box_nms_thresh,
-            min_mask_region_area=config.min_mask_region_area,
-            output_mode="binary_mask",
-        )
+        if config.engine == "segment_anything":
+            self.generator: SamAutomaticMaskGenerator | LeanMaskGenerator = SamAutomaticMaskGenerator(
+                sam,
+                points_per_side=config.points_per_side,
+                points_per_batch=config.points_per_batch,
+                pred_iou_thresh=config.pred_iou_thresh,
+                stability_score_thresh=config.stability_score_thresh,
+                box_nms_thresh=config.box_nms_thresh,
+                min_mask_region_area=config.min_mask_region_area,
+                output_mode="binary_mask",
+            )
+        else:
+            self.generator = LeanMaskGenerator(sam, config)
 
-    @torch.inference_mode()
+    def masks(self, image: np.ndarray) -> MaskSet:
+        """Everything-mode masks of an image already at SAM's working size, in SAM's order."""
+        if isinstance(self.generator, LeanMaskGenerator):
+            return self.generator.generate(image)
+        records = self.generator.generate(image)
+        masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+        scores = np.array([r["predicted_iou"] for r in records], np.float32)
+        return MaskSet(masks=masks, scores=scores, prompts=len(self.generator.point_grids[0]))
+
     def __call__(self, image: np.ndarray) -> Proposals:
         """image: (H, W, 3) uint8 RGB. Returns at most `top_k` proposals, largest first."""
+        return self.propose(image)[0]
+
+    @torch.inference_mode()
+    def propose(self, image: np.ndarray) -> tuple[Proposals, int]:
+        """The proposals of an image and how many point prompts SAM decoded for them."""
         check_image(image)
         height, width = image.shape[:2]
         small = resize_long_side(image, self.config.max_side)
-        records = self.generator.generate(small)
-        records.sort(key=lambda r: r["area"], reverse=True)
-        records = records[: self.config.top_k]
-        if records:
-            masks = np.stack([r["segmentation"] for r in records])
-            scores = np.array([r["predicted_iou"] for r in records], np.float32)
-        else:
-            masks = np.zeros((0, *small.shape[:2]), bool)
-            scores = np.zeros(0, np.float32)
+        found = self.masks(small)
+        areas = found.masks.sum((1, 2))
+        # Largest first; equal areas keep SAM's order, as sorting the stock records does.
+        order = np.argsort(-areas, kind="stable")[: self.config.top_k]
+        masks, scores = found.masks[order], found.scores[order]
         if masks.shape[1:] != (height, width):
             masks = upscale_masks(masks, (height, width))
-        return Proposals.from_masks(masks, self.config.lowres_size, scores, self.config.lowres_layout)
+        return Proposals.from_masks(masks, self.config.lowres_size, scores, self.config.lowres_layout), found.prompts
 
 
 def upscale_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,248 @@
+"""SAM everything mode without the stock generator's overheads, and an adaptive prompt set.
+
+`LeanMaskGenerator` computes what `segment_anything.SamAutomaticMaskGenerator` computes for the
+whole image (one crop, no small-region clean-up): the same masks, predicted IoUs and order (tested
+against the stock class). It skips work whose result the stock generator throws away:
+
+- the mask decoder's upscaling runs only for prompts with at least one mask whose predicted IoU
+  passes (the IoU head reads the transformer's output, before upscaling), so a background prompt
+  costs the two-way transformer and nothing else;
+- only masks that pass predicted IoU are upsampled to the image, in one batch;
+- nothing is run-length encoded or deep-copied: candidates stay as low-res logits, box NMS runs on
+  them before any mask is kept at full size, and only the kept ones are upsampled again.
+
+With `sampling="refine"` the prompts are no longer the dense grid (an approximation, measured for
+recall in docs/benchmark.md): a coarse `points_per_side` grid first, then `refine_rounds` rounds
+that prompt again where SAM saw something it did not keep (a rejected prompt whose best predicted
+IoU is at least `refine_iou_thresh`: one new point at the centre of that mask's part that no kept
+mask covers yet), and optionally the points of a `fill_points_per_side` grid that no kept mask
+covers. On the tiny preset this finds the objects of the dense 16x16 grid with ~30 prompts
+instead of 256: the two-way transformer runs once per prompt, so prompts are the cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.predictor import SamPredictor
+from segment_anything.utils.amg import batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score
+from torchvision.ops.boxes import batched_nms
+
+from llmseg_model.config import ProposalConfig
+
+# SamAutomaticMaskGenerator's default, which the project never changes.
+STABILITY_SCORE_OFFSET = 1.0
+
+
+@dataclass
+class MaskSet:
+    """Everything-mode output of one image: binary masks in SAM's NMS order, and their scores."""
+
+    masks: np.ndarray  # (N, H, W) bool at the size of the image given to `generate`
+    scores: np.ndarray  # (N,) float32 predicted IoU
+    prompts: int  # point prompts decoded (the dense grid's count for sampling="grid")
+
+
+@dataclass
+class _Decoded:
+    """One batch of prompts through the mask decoder."""
+
+    iou_preds: torch.Tensor  # (B, 3) predicted IoU of the three multimask outputs
+    upscaled: torch.Tensor  # (B,) bool: prompts whose low-res masks were computed
+    low_res: torch.Tensor  # (upscaled.sum(), 3, h, w) logits of those prompts
+
+
+@dataclass
+class _Candidates:
+    """Masks that passed predicted IoU and stability, kept as low-res logits until NMS."""
+
+    low_res: list[torch.Tensor] = field(default_factory=list)
+    iou_preds: list[torch.Tensor] = field(default_factory=list)
+    boxes: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, low_res: torch.Tensor, iou_preds: torch.Tensor, boxes: torch.Tensor) -> None:
+        self.low_res.append(low_res)
+        self.iou_preds.append(iou_preds)
+        self.boxes.append(boxes)
+
+
+class LeanMaskGenerator:
+    """Everything-mode masks of one image from SAM's own modules, without discarded work."""
+
+    def __init__(self, sam: Sam, config: ProposalConfig) -> None:
+        if config.min_mask_region_area > 0:
+            raise ValueError("proposals.min_mask_region_area > 0 needs proposals.engine: segment_anything")
+        self.config = config
+        self.predictor = SamPredictor(sam)
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray) -> MaskSet:
+        """image: (H, W, 3) uint8 RGB at the size SAM should see (already downscaled)."""
+        config = self.config
+        height, width = image.shape[:2]
+        self.predictor.set_image(image)
+        try:
+            candidates = _Candidates()
+            covered = torch.zeros((height, width), dtype=torch.bool, device=self.predictor.device)
+            scale = np.array([width, height], dtype=np.float64)[None]
+            points = build_point_grid(config.points_per_side) * scale
+            prompted = [points]
+            min_distance = config.refine_min_distance * max(height, width)
+            rounds = config.refine_rounds if config.sampling == "refine" else 0
+            for round_index in range(rounds + 1):
+                follow = round_index < rounds
+                new_points = []
+                for (batch,) in batch_iterator(config.points_per_batch, points):
+                    new_points += self._run_batch(batch, candidates, covered, follow)
+                if not follow:
+                    break
+                points = fresh_points(new_points, prompted, covered, min_distance)
+                if not len(points):
+                    break
+                prompted.append(points)
+            if config.sampling == "refine" and config.fill_points_per_side:
+                grid = build_point_grid(config.fill_points_per_side) * scale
+                points = fresh_points(list(grid), prompted, covered, min_distance)
+                if len(points):
+                    prompted.append(points)
+                    for (batch,) in batch_iterator(config.points_per_batch, points):
+                        self._run_batch(batch, candidates, covered, follow=False)
+            masks, scores = self._keep(candidates, (height, width))
+        finally:
+            self.predictor.reset_image()
+        return MaskSet(masks=masks, scores=scores, prompts=sum(len(p) for p in prompted))
+
+    def _decode(self, points: np.ndarray, follow: bool) -> _Decoded:
+        """`MaskDecoder.predict_masks` with its upscaling and hypernetwork product only for the
+        prompts whose masks can be kept (or followed); the rest is SAM's code path unchanged."""
+        predictor = self.predictor
+        model = predictor.model
+        decoder = model.mask_decoder
+        coords = torch.as_tensor(predictor.transform.apply_coords(points, predictor.original_size), device=predictor.device)
+        labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
+        sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        src = torch.repeat_interleave(predictor.features, tokens.shape[0], dim=0) + dense
+        pos_src = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), tokens.shape[0], dim=0)
+        b, c, h, w = src.shape
+        hs, src = decoder.transformer(src, pos_src, tokens)
+        mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )
+        iou_preds = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]  # the multimask outputs, as SAM slices them
+        wanted = self._passes(iou_preds).any(1)
+        if follow:
+            wanted |= iou_preds.max(1).values >= self.config.refine_iou_thresh
+        if not wanted.any():
+            side = 4 * h  # SAM's low-res masks are 4x its image embedding
+            empty = iou_preds.new_zeros((0, iou_preds.shape[1], side, 4 * w))
+            return _Decoded(iou_preds=iou_preds, upscaled=wanted, low_res=empty)
+        upscaled = decoder.output_upscaling(src[wanted].transpose(1, 2).reshape(-1, c, h, w))
+        n, c2, h2, w2 = upscaled.shape
+        low_res = (hyper_in[wanted] @ upscaled.view(n, c2, h2 * w2)).view(n, -1, h2, w2)[:, 1:]
+        return _Decoded(iou_preds=iou_preds, upscaled=wanted, low_res=low_res)
+
+    def _passes(self, iou_preds: torch.Tensor) -> torch.Tensor:
+        """Which masks pass predicted IoU (all of them when the threshold is 0, as in the stock)."""
+        if self.config.pred_iou_thresh > 0.0:
+            return iou_preds > self.config.pred_iou_thresh
+        return torch.ones_like(iou_preds, dtype=torch.bool)
+
+    def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) low-res logits -> (N, H, W) logits at the image size, as SAM postprocesses."""
+        predictor = self.predictor
+        return predictor.model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
+
+    def _run_batch(
+        self, points: np.ndarray, candidates: _Candidates, covered: torch.Tensor, follow: bool
+    ) -> list[tuple[float, float]]:
+        """Decode one batch, add its surviving masks to `candidates` and `covered`; with `follow`,
+        return the points to prompt next (one per rejected prompt that saw something)."""
+        config = self.config
+        model = self.predictor.model
+        decoded = self._decode(points, follow)
+        iou_preds = decoded.iou_preds[decoded.upscaled]
+        # The stock filters, in the stock order: predicted IoU, stability, then threshold.
+        keep = self._passes(iou_preds)
+        low_res, scores = decoded.low_res[keep], iou_preds[keep]
+        logits = self._upsample(low_res)
+        stability = calculate_stability_score(logits, model.mask_threshold, STABILITY_SCORE_OFFSET)
+        if config.stability_score_thresh > 0.0:
+            stable = stability >= config.stability_score_thresh
+            low_res, scores, logits = low_res[stable], scores[stable], logits[stable]
+        masks = logits > model.mask_threshold
+        if len(masks):
+            candidates.add(low_res, scores, batched_mask_to_box(masks))
+            covered |= masks.any(0)
+        if not follow:
+            return []
+        kept_prompt = torch.zeros(len(iou_preds), dtype=torch.bool, device=iou_preds.device)
+        if len(masks):
+            prompt_of = torch.arange(len(iou_preds), device=iou_preds.device)[:, None].expand_as(keep)[keep]
+            if config.stability_score_thresh > 0.0:
+                prompt_of = prompt_of[stable]
+            kept_prompt[prompt_of] = True
+        follow_up = ~kept_prompt & (iou_preds.max(1).values >= config.refine_iou_thresh)
+        if not follow_up.any():
+            return []
+        best = iou_preds[follow_up].argmax(1)
+        lows = decoded.low_res[follow_up]
+        seen = self._upsample(lows[torch.arange(len(lows), device=lows.device), best]) > model.mask_threshold
+        centres = (uncovered_centre(mask, covered, config.refine_max_area) for mask in seen)
+        return [centre for centre in centres if centre is not None]
+
+    def _keep(self, candidates: _Candidates, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Box NMS as the stock generator runs it, then the kept masks at full size."""
+        if not candidates.boxes:
+            return np.zeros((0, *size), dtype=bool), np.zeros(0, np.float32)
+        boxes = torch.cat(candidates.boxes)
+        scores = torch.cat(candidates.iou_preds)
+        keep = batched_nms(
+            boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=self.config.box_nms_thresh
+        )
+        low_res = torch.cat(candidates.low_res)[keep]
+        chunk = self.config.points_per_batch  # bounds the full-size float logits held at once
+        masks = [
+            (self._upsample(low_res[start : start + chunk]) > self.predictor.model.mask_threshold).cpu().numpy()
+            for start in range(0, len(low_res), chunk)
+        ]
+        return np.concatenate(masks), scores[keep].float().cpu().numpy()
+
+
+def uncovered_centre(mask: torch.Tensor, covered: torch.Tensor, max_area: float) -> tuple[float, float] | None:
+    """(x, y) of the pixel nearest the centroid of the part of `mask` that `covered` leaves free
+    (a pixel of that part, so the prompt lands on it), or None when nothing is free or the mask
+    covers more than `max_area` of the image (SAM's whole-image output is not one object)."""
+    if mask.float().mean() > max_area:
+        return None
+    ys, xs = torch.nonzero(mask & ~covered, as_tuple=True)
+    if not len(ys):
+        return None
+    ys_f, xs_f = ys.float(), xs.float()
+    nearest = int(torch.argmin((ys_f - ys_f.mean()) ** 2 + (xs_f - xs_f.mean()) ** 2))
+    return float(xs[nearest]) + 0.5, float(ys[nearest]) + 0.5
+
+
+def fresh_points(
+    points: list, prompted: list[np.ndarray], covered: torch.Tensor, min_distance: float
+) -> np.ndarray:
+    """The (x, y) points that no kept mask covers and that lie at least `min_distance` pixels from
+    every point already prompted and every point chosen before them."""
+    covered_np = covered.cpu().numpy()
+    height, width = covered_np.shape
+    taken = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in prompted]
+    chosen: list[tuple[float, float]] = []
+    for x, y in points:
+        if covered_np[min(height - 1, int(y)), min(width - 1, int(x))]:
+            continue
+        others = np.concatenate([*taken, np.asarray(chosen, dtype=np.float64).reshape(-1, 2)])
+        if len(others) and float(((others - (x, y)) ** 2).sum(1).min()) < min_distance**2:
+            continue
+        chosen.append((float(x), float(y)))
+    return np.asarray(chosen, dtype=np.float64).reshape(-1, 2)

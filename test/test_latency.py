@@ -1,0 +1,82 @@
+"""The frame-latency benchmark's structure on tiny shapes (a few frames; speed is not checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmseg_model import latency
+from llmseg_model.cli import parse_command
+from llmseg_model.latency import LatencyConfig, run_latency
+
+SMALL_MODES = {
+    "dense": {"sampling": "grid", "points_per_side": 4},
+    "refine": {"sampling": "refine", "points_per_side": 2},
+}
+
+
+def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_path):
+    config = LatencyConfig(
+        random_weights=True, modes=SMALL_MODES, frames=2, iterations=2, warmup=1,
+        frame_height=64, frame_width=80, clock="process", output_dir=str(tmp_path), progress=False,
+    )
+    report = run_latency(config)
+    quantities = report["quantities"]
+    assert list(quantities) == ["sam_encoder", "proposals/dense", "proposals/refine", "dinov2"]
+    assert quantities["sam_encoder"]["ratio_to_encoder"] == 1.0
+    for stats in quantities.values():
+        assert stats["count"] == 3 and stats["median_ms"] > 0 and stats["ratio_to_encoder"] > 0
+    assert quantities["proposals/dense"]["prompts_per_frame"] == 16
+    assert quantities["proposals/refine"]["prompts_per_frame"] >= 4
+    assert report["frame_size"] == [64, 80] and report["modes"]["refine"]["sampling"] == "refine"
+    assert "recall" not in report
+    assert json.loads((tmp_path / "latency.json").read_text())["quantities"].keys() == quantities.keys()
+    markdown = (tmp_path / "latency.md").read_text()
+    assert "| proposals/refine |" in markdown and "x encoder" in markdown and "process clock" in markdown
+
+
+def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):
+    config = LatencyConfig(
+        modes={"dense": SMALL_MODES["dense"]}, frames=1, iterations=1, warmup=0, recall_scenes=2,
+        output_dir=str(tmp_path), progress=False,
+    )
+    report = run_latency(config)
+    prepare = report["quantities"]["prepare/dense"]
+    assert {"proposals", "features", "vision"} <= set(prepare["stages"])
+    assert prepare["median_ms"] >= prepare["stages"]["proposals"]["median_ms"]
+    recall = report["recall"]["dense"]
+    assert 0.0 <= recall["recall@0.5"] <= 1.0 and 0.0 <= recall["mean_best_iou"] <= 1.0
+    assert "held-out val scenes" in (tmp_path / "latency.md").read_text()
+
+
+def test_modes_and_settings_are_checked():
+    assert latency.parse_modes(["refine:sampling=refine,points_per_side=5", "preset"]) == {
+        "refine": {"sampling": "refine", "points_per_side": 5}, "preset": {},
+    }
+    with pytest.raises(ValueError, match="key=value"):
+        latency.parse_modes(["refine:points_per_side"])
+    with pytest.raises(ValueError, match="modes.x: .*unknown setting"):
+        LatencyConfig(modes={"x": {"grid_size": 3}})
+    with pytest.raises(ValueError, match="modes.x: proposals.sampling must be one of"):
+        LatencyConfig(mode=["x:sampling=sparse"])
+    with pytest.raises(ValueError, match="recall_split"):
+        LatencyConfig(recall_split="train")
+    with pytest.raises(ValueError, match="clock"):
+        LatencyConfig(clock="cpu")
+    with pytest.raises(ValueError, match="wall clock on a GPU"):
+        LatencyConfig(clock="process", device="cuda")
+    with pytest.raises(ValueError, match="warmup"):
+        LatencyConfig(frames=1, iterations=1, warmup=1)
+    assert set(LatencyConfig().mode_configs()) == set(latency.DEFAULT_MODES["tiny"])
+
+
+def test_command_line_reaches_the_settings():
+    argv = ["--random-weights", "--mode", "dense:points_per_side=4", "--mode", "refine5:points_per_side=5",
+            "--model.sam.encoder_depth", "2", "--model.sam.encoder_global_attn_indexes", "[1]",
+            "--dinov2", "{num_hidden_layers: 1}", "--clock", "process", "--recall-scenes", "3"]
+    config = parse_command(latency.COMMAND, argv, "llmseg-latency").config
+    assert config.random_weights and config.clock == "process" and config.recall_scenes == 3
+    assert config.modes == {"dense": {"points_per_side": 4}, "refine5": {"points_per_side": 5}}
+    assert config.model_config().sam.encoder_depth == 2 and config.dinov2 == {"num_hidden_layers": 1}
+    assert config.mode_configs()["refine5"].sampling == "refine"  # the tiny preset's, overridden
