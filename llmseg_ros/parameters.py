@@ -83,8 +83,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("weights.llava_path", "", "LLaVA model folder; empty = the preset's", CONFIGURE),
     Spec("weights.llmseg_weights", "", "folder with LLM-Seg's trained weights; empty = the preset's", CONFIGURE),
     _i("proposals.top_k", None, 1, 1000, "K, the SAM proposals kept per frame", CONFIGURE, "proposals.top_k"),
-    _i("proposals.points_per_side", None, 1, 128, "SAM everything-mode point grid side", CONFIGURE,
-       "proposals.points_per_side"),
+    Spec("proposals.sampling", None, "SAM everything-mode prompts: grid (the published dense grid) or refine (a "
+         "coarse grid, then points where no kept mask is yet)", CONFIGURE, choices=("grid", "refine"),
+         preset_key="proposals.sampling"),
+    _i("proposals.points_per_side", None, 1, 128, "SAM everything-mode point grid side (refine: the coarse "
+       "first grid)", CONFIGURE, "proposals.points_per_side"),
     _f("proposals.pred_iou_thresh", None, 0.0, 1.0, "SAM's predicted-IoU filter for proposals", CONFIGURE,
        "proposals.pred_iou_thresh"),
     _f("proposals.stability_score_thresh", None, 0.0, 1.0, "SAM's stability-score filter for proposals", CONFIGURE,
