@@ -16,6 +16,23 @@ busy machine slows them alike and the ratios stay comparable:
   prepare/<mode>      the whole LLMSeg.prepare with that proposal mode (needs LLaVA weights: not
                       with --random-weights)
 
+Per instruction (`instructions` > 0), on frames prepared with the preset's proposal mode, each
+frame's instructions answered every way, interleaved:
+
+  instruction/plain         one instruction with no cached prompt, its answer generated (the
+                            path before the prompt cache: the whole prompt, then decoding)
+  instruction/lower_bound   one forward of the instruction and the preset's answer tokens on the
+                            frame's cached prompt (language model only): what one answer must cost
+  instruction/llm           the language-model stage of one instruction as query runs it (the
+                            preset's answer mode on the cached prompt, <SEG> projection included)
+  instruction/batch_N       LLMSeg.query_batch with N instructions, per instruction (N from
+                            `batch_sizes`; the preset's answer mode, fusion and selection included)
+
+with ratios to the lower bound, and batch_N's whole time to batch_1's. With --random-weights the
+LLaVA is random too, of the `llava` shape (TinyLlavaConfig fields; the paper default is a small
+Llama with the 7B's head width and vocabulary and a CLIP giving 256 image tokens), and frames get
+synthetic proposals instead of a SAM pass.
+
 With --recall-scenes N, each proposal mode's best-proposal IoU per object and recall@0.5 on N
 held-out procedural scenes (meaningful with trained SAM weights only). Shapes of random models come
 from --model.* (e.g. --model.sam.encoder_depth 2) and --dinov2 '{num_hidden_layers: 2}'.
@@ -68,6 +85,18 @@ DEFAULT_MODES = {
     },
 }
 DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024)}
+# Random LLaVA shapes (TinyLlavaConfig fields) for instruction timing without weights. The paper's
+# is a 7B-like Llama cut to 6 layers of width 768 with the 7B's head width (128) and vocabulary, and a
+# 2-layer CLIP-L giving LLaVA-v1's 256 image tokens: the token counts and per-token work that
+# decide the ratios, at a size a CPU runs.
+RANDOM_LLAVA = {
+    "tiny": {},
+    "paper": {
+        "image_size": 224, "patch_size": 14, "vision_hidden": 1024, "vision_layers": 2, "vision_heads": 16,
+        "text_hidden": 768, "text_layers": 6, "text_heads": 6, "text_intermediate": 2048, "max_positions": 2048,
+        "vocab_size": 32004,
+    },
+}
 CLOCKS = ("wall", "process")
 RECALL_SPLITS = ("val", "test")  # held out: never the train split
 
@@ -90,6 +119,9 @@ class LatencyConfig:
     iterations: int = bounded(2, ge=1)  # passes over the frames
     warmup: int = bounded(1, ge=0)  # first measurements (frames of the first pass) left out
     recall_scenes: int = bounded(0, ge=0)  # held-out scenes for each mode's proposal recall (0: skip)
+    instructions: int = bounded(8, ge=0)  # instructions per frame for the per-instruction half (0: skip it)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])  # query_batch sizes measured (<= instructions)
+    llava: dict = field(default_factory=dict)  # TinyLlavaConfig overrides of RANDOM_LLAVA's shape, for random weights
     recall_split: str = one_of("val", RECALL_SPLITS)  # the held-out split of the recall scenes
     device: str = "cpu"  # torch device, e.g. cuda
     clock: str = one_of("wall", CLOCKS)  # wall, or process: this process's CPU time (steadier on a shared CPU)
@@ -104,6 +136,8 @@ class LatencyConfig:
         check_fields(self)
         if self.warmup >= self.frames * self.iterations:
             raise ValueError(f"warmup ({self.warmup}) leaves no measured frame of {self.frames} x {self.iterations}")
+        if self.instructions and (not self.batch_sizes or min(self.batch_sizes) < 1 or max(self.batch_sizes) > self.instructions):
+            raise ValueError(f"batch_sizes {self.batch_sizes} must lie in [1, instructions={self.instructions}]")
         if self.clock == "process" and self.device.startswith("cuda"):
             raise ValueError("clock 'process' measures CPU time: use the wall clock on a GPU")
         self.mode_configs()  # the preset exists and every override is a valid setting
@@ -219,6 +253,71 @@ def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]
     return models
 
 
+def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any]) -> Any:
+    """The LLMSeg whose instructions are timed: the preset-mode model when weights are given, else
+    one of random parts (SAM never runs: frames get synthetic proposals)."""
+    if "preset" in prepare_models:
+        return prepare_models["preset"]
+    if not config.random_weights:
+        from llmseg_model.modeling.model import LLMSeg
+
+        return LLMSeg.from_config(config.model_config(), device=config.device)
+    import torch
+
+    from llmseg_model.data.procedural import vocabulary_texts
+    from llmseg_model.modeling.model import LLMSeg, vlm_dtype
+    from llmseg_model.modeling.proposals import ProposalGenerator
+    from llmseg_model.modeling.vlm import SegVLM
+    from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, train_tokenizer
+
+    model_config = config.model_config()
+    sam, features = build_parts(config)
+    shape = {**RANDOM_LLAVA.get(config.preset, {}), **config.llava}
+    sizes = TinyLlavaConfig(**shape)
+    torch.manual_seed(config.seed)
+    tokenizer = train_tokenizer(vocabulary_texts(), model_config.vlm)
+    llava, processor = build_tiny_llava(tokenizer, sizes)
+    llava = llava.to(vlm_dtype(model_config.vlm.dtype, config.device.startswith("cuda")))
+    vlm = SegVLM(llava, tokenizer, processor, model_config.vlm)
+    model = LLMSeg(model_config, ProposalGenerator(sam, model_config.proposals), features, vlm)
+    return model.to(config.device).eval()
+
+
+def synthetic_proposals(image: np.ndarray, count: int, lowres: Any) -> Any:
+    """`count` disc and box masks laid over the frame, for timing without a SAM pass."""
+    from llmseg_model.modeling.proposals import Proposals
+
+    height, width = image.shape[:2]
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:height, :width]
+    masks = []
+    for _ in range(count):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.05, 0.3) * min(height, width)
+        masks.append((rows - cy) ** 2 + (cols - cx) ** 2 <= r * r if rng.random() < 0.5 else (np.abs(rows - cy) <= r) & (np.abs(cols - cx) <= r))
+    return Proposals.from_masks(np.stack(masks), lowres.lowres_size, lowres_layout=lowres.lowres_layout)
+
+
+def frame_instructions(config: LatencyConfig) -> list[list[str]]:
+    """Each frame's instructions: its own scene's (the frames are these scenes' images), topped up
+    with those of later held-out scenes when a frame needs more."""
+    from llmseg_model.data.procedural import SPLITS, ProceduralConfig, generate_scene
+
+    height, width = config.frame_size()
+    scene_config = ProceduralConfig(height=height, width=width)
+
+    def texts(index: int) -> list[str]:
+        return [i.text for i in generate_scene(scene_config, (config.seed, SPLITS["test"], index)).instructions]
+
+    out = []
+    for f in range(config.frames):
+        own, extra = texts(f), config.frames
+        while len(own) < config.instructions:
+            own += texts(extra)
+            extra += 1
+        out.append(own[: config.instructions])
+    return out
+
+
 def frames(config: LatencyConfig) -> list[np.ndarray]:
     """Procedural test-split scenes of the configured size (never seen in training)."""
     from llmseg_model.data.procedural import SPLITS, ProceduralConfig, render_scene
@@ -286,6 +385,44 @@ def prepare_seconds(model: Any, image: np.ndarray, clock: Clock) -> tuple[float,
     return seconds, dict(frame.timings)
 
 
+def plain_instruction_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
+    """One instruction the way it ran before the prompt cache: the whole prompt from scratch, the
+    answer generated, then fusion and selection."""
+    from dataclasses import replace
+
+    uncached = replace(frame, prefix=None)
+    answer_mode = model.vlm.config.answer_mode
+    model.vlm.config.answer_mode = "generate"
+    try:
+        return clock.seconds(lambda: model.query(uncached, text))[0]
+    finally:
+        model.vlm.config.answer_mode = answer_mode
+
+
+def lower_bound_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
+    """One language-model forward of the instruction and the preset's answer tokens on the
+    frame's cached prompt: no decoding, no LM head, no fusion."""
+    import torch
+
+    vlm = model.vlm
+    prompt = vlm.prompts.prompt_ids(vlm.prompts.question(text), frame.image_features.shape[1])
+    _, answer, _ = vlm._given(text)
+    tail, prefix = vlm._tail(prompt + answer, frame.prefix)
+    with torch.inference_mode():
+        return clock.seconds(lambda: vlm._forward_rows([tail], frame.image_features, prefix))[0]
+
+
+def llm_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
+    """The language-model stage of one instruction on the frame's cached prompt, in the preset's
+    answer mode (tokenising, the forward, the answer check, the <SEG> projection)."""
+    return clock.seconds(lambda: model.vlm.answer_batch(frame.image_features, [text], prefix=frame.prefix))[0]
+
+
+def batch_seconds(model: Any, frame: Any, texts: list[str], clock: Clock) -> float:
+    """LLMSeg.query_batch for all of `texts` on the prepared frame (whole time)."""
+    return clock.seconds(lambda: model.query_batch(frame, texts))[0]
+
+
 def proposal_recall(sam: Sam, proposals: ProposalConfig, split: str, count: int, seed: int) -> dict[str, float]:
     """Best-proposal IoU per object and recall@0.5 / 0.75 on held-out procedural scenes."""
     from llmseg_model.tiny.pretrain import evaluate_proposals, validation_scenes
@@ -345,11 +482,35 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
         if step >= config.warmup:
             for key, seconds in measured.items():
                 samples.setdefault(key, []).append(seconds)
+    if config.instructions:
+        instruction_samples(config, models, images, clock, samples)
     report = latency_report(config, samples, prompts, stages)
     if config.recall_scenes:
         report["recall"] = recall_per_mode(sam, modes, config)
     write_report(report, config.output_dir)
     return report
+
+
+def instruction_samples(config: LatencyConfig, models: dict[str, Any], images: list[np.ndarray], clock: Clock, samples: dict[str, list[float]]) -> None:
+    """The per-instruction half: each frame prepared once (the prompt prefix included), then its
+    instructions answered every way, interleaved frame by frame."""
+    model = build_query_model(config, models)
+    texts = frame_instructions(config)
+    steps = [(i, f) for i in range(config.iterations) for f in range(len(images))]
+    for step, (_, f) in enumerate(tqdm(steps, desc="latency (instructions)", unit="frame", disable=not config.progress)):
+        proposals = synthetic_proposals(images[f], 24, model.config.proposals) if config.random_weights else None
+        frame = model.prepare(images[f], proposals=proposals)
+        measured = {
+            "frame/prompt_prefix": frame.timings["prompt_prefix"],
+            "instruction/plain": plain_instruction_seconds(model, frame, texts[f][0], clock),
+            "instruction/lower_bound": lower_bound_seconds(model, frame, texts[f][0], clock),
+            "instruction/llm": llm_seconds(model, frame, texts[f][0], clock),
+        }
+        for size in config.batch_sizes:
+            measured[f"instruction/batch_{size}"] = batch_seconds(model, frame, texts[f][:size], clock) / size
+        if step >= config.warmup:
+            for key, seconds in measured.items():
+                samples.setdefault(key, []).append(seconds)
 
 
 def latency_report(
@@ -362,16 +523,23 @@ def latency_report(
     from llmseg_model.benchmark import latency_stats
 
     unit = float(np.median(samples["sam_encoder"]))
+    bound = float(np.median(samples["instruction/lower_bound"])) if "instruction/lower_bound" in samples else None
     quantities = {}
     for key, values in samples.items():
         stats = latency_stats(values)
         stats["ratio_to_encoder"] = float(np.median(values)) / unit
+        if key.startswith("instruction/") and bound:
+            stats["ratio_to_lower_bound"] = float(np.median(values)) / bound
         mode = key.split("/", 1)[1] if "/" in key else None
         if key.startswith("proposals/"):
             stats["prompts_per_frame"] = float(np.mean(prompts[mode]))
         if key.startswith("prepare/"):
             stats["stages"] = {stage: latency_stats(v) for stage, v in stages.get(mode, {}).items()}
         quantities[key] = stats
+    batches = {int(k.rsplit("_", 1)[1]): float(np.median(v)) * int(k.rsplit("_", 1)[1]) for k, v in samples.items() if k.startswith("instruction/batch_")}
+    if 1 in batches:  # a batch's whole time over one instruction's
+        for size, seconds in batches.items():
+            quantities[f"instruction/batch_{size}"]["batch_over_one"] = seconds / batches[1]
     model_config = config.model_config()
     return {
         "config": dataclasses.asdict(config),
@@ -416,11 +584,28 @@ def markdown_report(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for key, stats in report["quantities"].items():
+        if key.startswith("instruction/"):
+            continue
         prompts = stats.get("prompts_per_frame")
         lines.append(
             f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats['ratio_to_encoder']:.1f} | "
             f"{'-' if prompts is None else f'{prompts:.0f}'} | {stats['count']} |"
         )
+    instructions = {k: v for k, v in report["quantities"].items() if k.startswith("instruction/")}
+    if instructions:
+        lines += [
+            "",
+            f"Per instruction ({report['config']['instructions']} instructions a frame; batch_N is per instruction):",
+            "",
+            "| quantity | median ms | p95 ms | x lower bound | batch time x one |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, stats in instructions.items():
+            over_one = stats.get("batch_over_one")
+            lines.append(
+                f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats.get('ratio_to_lower_bound', float('nan')):.2f} | "
+                f"{'-' if over_one is None else f'{over_one:.2f}'} |"
+            )
     if report.get("recall"):
         split = report["config"]["recall_split"]
         lines += [

@@ -18,7 +18,7 @@ SMALL_MODES = {
 
 def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_path):
     config = LatencyConfig(
-        random_weights=True, modes=SMALL_MODES, frames=2, iterations=2, warmup=1,
+        random_weights=True, modes=SMALL_MODES, frames=2, iterations=2, warmup=1, instructions=0,
         frame_height=64, frame_width=80, clock="process", output_dir=str(tmp_path), progress=False,
     )
     report = run_latency(config)
@@ -38,7 +38,7 @@ def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_
 
 def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):
     config = LatencyConfig(
-        modes={"dense": SMALL_MODES["dense"]}, frames=1, iterations=1, warmup=0, recall_scenes=2,
+        modes={"dense": SMALL_MODES["dense"]}, frames=1, iterations=1, warmup=0, recall_scenes=2, instructions=0,
         output_dir=str(tmp_path), progress=False,
     )
     report = run_latency(config)
@@ -80,3 +80,22 @@ def test_command_line_reaches_the_settings():
     assert config.modes == {"dense": {"points_per_side": 4}, "refine5": {"points_per_side": 5}}
     assert config.model_config().sam.encoder_depth == 2 and config.dinov2 == {"num_hidden_layers": 1}
     assert config.mode_configs()["refine5"].sampling == "refine"  # the tiny preset's, overridden
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_weights):
+    """Shipped tiny weights, or a random LLaVA of the preset's shape on synthetic proposals."""
+    config = LatencyConfig(
+        random_weights=random_weights, modes={"preset": {}}, frames=1, iterations=2, warmup=1, instructions=2,
+        batch_sizes=[1, 2], frame_height=96, frame_width=96, output_dir=str(tmp_path), progress=False,
+    )
+    quantities = run_latency(config)["quantities"]
+    for key in ("plain", "lower_bound", "llm", "batch_1", "batch_2"):
+        stats = quantities[f"instruction/{key}"]
+        assert stats["count"] == 1 and stats["median_ms"] > 0 and stats["ratio_to_lower_bound"] > 0
+    assert quantities["instruction/lower_bound"]["ratio_to_lower_bound"] == 1.0
+    assert quantities["instruction/batch_1"]["batch_over_one"] == 1.0 and quantities["instruction/batch_2"]["batch_over_one"] > 0
+    assert quantities["frame/prompt_prefix"]["median_ms"] > 0
+    assert "| instruction/batch_2 |" in (tmp_path / "latency.md").read_text()
+    with pytest.raises(ValueError, match="batch_sizes"):
+        LatencyConfig(instructions=2, batch_sizes=[1, 4])

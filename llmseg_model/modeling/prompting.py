@@ -11,6 +11,7 @@ ids whether a text is cut or not.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -50,6 +51,9 @@ class PromptBuilder:
         # What the tokenizer puts in front of a text on its own: BOS for Llama, nothing for the
         # tiny word-level tokenizer.
         self.bos = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        # The system prompt, the template pieces and the answers recur in every prompt: their ids
+        # are kept (a tokenizer call costs about as much as a small model's forward).
+        self._piece_ids = functools.lru_cache(maxsize=4096)(self._tokenize)
 
     # ------------------------------------------------------------------ texts
     def clean(self, text: str) -> str:
@@ -91,8 +95,11 @@ class PromptBuilder:
                 if k < len(pieces) - 1:
                     piece = piece.rstrip()
             if piece:
-                ids.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+                ids.extend(self._piece_ids(piece))
         return ids
+
+    def _tokenize(self, piece: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
 
     def prompt_ids(self, question: str, num_image_tokens: int) -> list[int]:
         """The whole prompt up to and including "ASSISTANT:", the image placeholder expanded to

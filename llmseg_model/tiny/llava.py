@@ -5,6 +5,7 @@ checkpoints, saved in the same folder layout so both presets load through one co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +22,7 @@ from transformers import (
 
 from llmseg_model.config import VlmConfig
 
-SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<SEG>"]
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 
 
 @dataclass
@@ -38,6 +39,15 @@ class TinyLlavaConfig:
     text_heads: int = 4
     text_intermediate: int = 256
     max_positions: int = 512
+    vocab_size: int = 0  # rows of the embeddings and LM head; 0: the tokenizer's size
+
+
+def special_tokens(vlm: VlmConfig) -> list[str]:
+    """The tokenizer's special tokens: padding, unknown, BOS / EOS, the image placeholder, the
+    <SEG> token and any other added token the conversation names (e.g. <im_start>)."""
+    tokens = [*SPECIAL_TOKENS, vlm.seg_token]
+    tokens += [t for t in re.findall(r"<[a-z_]+>", vlm.prompt_template) if t not in tokens]
+    return tokens
 
 
 def train_tokenizer(texts: Iterable[str], vlm: VlmConfig) -> PreTrainedTokenizerFast:
@@ -46,7 +56,8 @@ def train_tokenizer(texts: Iterable[str], vlm: VlmConfig) -> PreTrainedTokenizer
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    specials = special_tokens(vlm)
+    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
     templates = (
         vlm.prompt_template.format(system=vlm.system_prompt, question=""),
         vlm.sentence_question, vlm.phrase_question, vlm.answer,
@@ -60,7 +71,7 @@ def train_tokenizer(texts: Iterable[str], vlm: VlmConfig) -> PreTrainedTokenizer
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        additional_special_tokens=["<image>", vlm.seg_token],
+        additional_special_tokens=specials[4:],
     )
     fast.add_bos_token = True
     fast._tokenizer.post_processor = None
@@ -80,7 +91,7 @@ def build_tiny_llava(tokenizer: PreTrainedTokenizerFast, sizes: TinyLlavaConfig 
         projection_dim=sizes.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), sizes.vocab_size),
         hidden_size=sizes.text_hidden,
         intermediate_size=sizes.text_intermediate,
         num_hidden_layers=sizes.text_layers,
