@@ -28,11 +28,11 @@ import functools
 import itertools
 import math
 import os
-import re
 import sys
 import threading
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +50,7 @@ from visualization_msgs.msg import MarkerArray
 from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
+from llmseg_model.modeling.prompting import clean_instruction
 from llmseg_ros import conversions, diagnostics, parameters, results, spatial
 from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_ns
 from llmseg_ros.parameters import SPEC, NodeParameters
@@ -412,14 +413,11 @@ class SegmentationNode(LifecycleNode):
         if job.invalid:
             return job.invalid
         max_chars = self.parameters["max_instruction_chars"]
-        text = re.sub(r"\s+", " ", job.text).strip()
-        if not text:
-            return SegmentationResult.BAD_INSTRUCTION, "instruction text is empty"
-        if len(text) > max_chars:
-            return SegmentationResult.BAD_INSTRUCTION, f"instruction is {len(text)} characters; max_instruction_chars is {max_chars}"
-        for token in (self._config.vlm.seg_token, "<image>"):
-            if token in text:
-                return SegmentationResult.BAD_INSTRUCTION, f"instruction must not contain the special token {token}"
+        try:  # the library's own rule (no model needed), with this node's length limit
+            clean_instruction(job.text, dataclasses.replace(self._config.vlm, max_instruction_chars=max_chars))
+        except ValueError as error:
+            reason = str(error).replace("the limit is", "max_instruction_chars is")
+            return SegmentationResult.BAD_INSTRUCTION, reason
         if job.image is not None and job.image.error:
             return SegmentationResult.BAD_IMAGE, job.image.error
         return None, ""
@@ -587,9 +585,9 @@ class SegmentationNode(LifecycleNode):
             try:
                 batch = model.query_batch(features, [jobs[i].text for i in pending], [jobs[i].phrase for i in pending])
             except ValueError as invalid:
-                found = re.match(r"instruction (\d+): (.*)", str(invalid), re.S)
-                if found and int(found[1]) < len(pending):
-                    answers[pending.pop(int(found[1]))] = found[2]
+                index = getattr(invalid, "index", None)  # llmseg_model's InstructionError
+                if index is not None and index < len(pending):
+                    answers[pending.pop(index)] = invalid.reason
                     continue
                 for i in pending:
                     answers[i] = invalid

@@ -158,3 +158,13 @@ def test_prepare_with_given_proposals_skips_sam(untrained_tiny_model):
     assert torch.allclose(given.mask_embeddings, computed.mask_embeddings)
     with pytest.raises(ValueError, match="proposals are for"):
         untrained_tiny_model.prepare(scene.image[:100], proposals=computed.proposals)
+
+
+def test_a_bad_instruction_in_a_batch_is_named_by_index(untrained_tiny_model):
+    from llmseg_model.modeling.model import InstructionError
+
+    frame = untrained_tiny_model.prepare(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(InstructionError) as error:
+        untrained_tiny_model.query_batch(frame, ["the red ball", "  ", "the blue box"])
+    assert error.value.index == 1 and "empty" in error.value.reason
+    assert untrained_tiny_model.check_instruction("  the   red\nball ") == "the red ball"

@@ -231,6 +231,11 @@ class LLMSeg(nn.Module):
             prefix=prefix,
         )
 
+    def check_instruction(self, text: str) -> str:
+        """The instruction as the model will read it (whitespace normalised); ValueError saying why
+        it cannot be used (empty, too long, a special token of the prompt in it)."""
+        return self.vlm.prompts.clean(text)
+
     @torch.inference_mode()
     def query(self, frame: FrameFeatures, instruction: str, phrase: bool = False) -> Result:
         """Answer one instruction on a prepared frame; `phrase` marks a short phrase ("the red
@@ -246,9 +251,9 @@ class LLMSeg(nn.Module):
             return []
         for k, text in enumerate(instructions):
             try:
-                self.vlm.prompts.clean(text)
+                self.check_instruction(text)
             except ValueError as error:
-                raise ValueError(f"instruction {k}: {error}") from None
+                raise InstructionError(k, str(error)) from None
         phrases = phrases if phrases is not None else [False] * len(instructions)
         if len(phrases) != len(instructions):
             raise ValueError(f"{len(phrases)} phrase flags for {len(instructions)} instructions")
@@ -326,6 +331,14 @@ class LLMSeg(nn.Module):
         return llmseg_loss(
             ce, out.iou_logits, out.iop, batch["gt_iou"].to(device), batch["gt_iop"].to(device), valid, self.config.loss
         )
+
+
+class InstructionError(ValueError):
+    """One instruction of a batch cannot be used; `index` says which, `reason` why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"instruction {index}: {reason}")
+        self.index, self.reason = index, reason
 
 
 def one_row_per_image(image_index: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
