@@ -38,7 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing, run_command
+from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing
 from llmseg_model.config import SCORINGS, LLMSegConfig, bounded, check_fields, from_mapping, model_settings, one_of
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
@@ -599,15 +599,8 @@ COMMAND = Command(
 )
 
 
-def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, run, return the report (bad input: exit status 2)."""
-    return run_command(COMMAND, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`llmseg-benchmark`, `python -m llmseg_model.benchmark`)."""
-    run_cli(argv)
-    return 0
+run_cli = COMMAND.run_cli
+main = COMMAND.main
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ class Command:
     uses_transformers: bool = False  # quiet transformers' logs and progress bars
     bad_input: tuple[type[BaseException], ...] = BAD_INPUT
 
+    def run_cli(self, argv: Sequence[str] | None = None) -> Any:
+        """Parse the command line, run, return what the run returns (bad input: exit status 2)."""
+        return run_command(self, argv)
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Console entry point: `name` in pyproject's scripts, or `python -m module`."""
+        run_command(self, argv)
+        return 0
+
 
 @dataclass
 class Parsed:

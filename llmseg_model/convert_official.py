@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmseg_model.cli import Command, require_existing, run_command
+from llmseg_model.cli import Command, require_existing
 from llmseg_model.config import check_fields
 
 
@@ -87,10 +87,7 @@ COMMAND = Command(
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`llmseg-convert-official`, `python -m llmseg_model.convert_official`)."""
-    run_command(COMMAND, argv)
-    return 0
+main = COMMAND.main
 
 
 if __name__ == "__main__":

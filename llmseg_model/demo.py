@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmseg_model.cli import Command, require_existing, run_command
+from llmseg_model.cli import Command, require_existing
 from llmseg_model.config import LLMSegConfig, bounded, check_fields, model_settings
 
 logger = logging.getLogger("llmseg_model.demo")
@@ -129,10 +129,7 @@ COMMAND = Command(
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`llmseg-demo`, `python -m llmseg_model.demo`)."""
-    run_command(COMMAND, argv)
-    return 0
+main = COMMAND.main
 
 
 if __name__ == "__main__":

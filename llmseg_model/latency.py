@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from llmseg_model.cli import Command, run_command
+from llmseg_model.cli import Command
 from llmseg_model.config import LLMSegConfig, ProposalConfig, bounded, check_fields, from_mapping, merge_nested, model_settings, one_of
 
 if TYPE_CHECKING:
@@ -660,15 +660,8 @@ COMMAND = Command(
 )
 
 
-def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, run, return the report."""
-    return run_command(COMMAND, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`python -m llmseg_model.latency`)."""
-    run_cli(argv)
-    return 0
+run_cli = COMMAND.run_cli
+main = COMMAND.main
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ print(heavy)
 
 def test_help_imports_no_torch_in_a_real_process():
     modules = ["llmseg_model.train", "llmseg_model.benchmark", "llmseg_model.demo", "llmseg_model.convert_official",
-               "llmseg_model.data.proposal_cache", "llmseg_model.datagen.generate"]
+               "llmseg_model.data.proposal_cache", "llmseg_model.datagen.generate", "llmseg_model.latency"]
     done = subprocess.run([sys.executable, "-c", HELP_IMPORTS, *modules], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     heavy = eval(done.stdout.strip().splitlines()[-1])

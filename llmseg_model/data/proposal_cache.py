@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing, run_command
+from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing
 from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, check_fields, model_settings, preset_config
 from llmseg_model.data.sample import SegSample
 
@@ -489,15 +489,8 @@ COMMAND = Command(
 )
 
 
-def run_cli(argv: list[str] | None = None) -> PrecomputeStats:
-    """Parse the command line, fill the cache, return the counts (bad input: exit status 2)."""
-    return run_command(COMMAND, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`llmseg-precompute`, `python -m llmseg_model.data.proposal_cache`)."""
-    run_cli(argv)
-    return 0
+run_cli = COMMAND.run_cli
+main = COMMAND.main
 
 
 if __name__ == "__main__":
