@@ -8,6 +8,7 @@ unique to this test session, so parallel sessions do not hear each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -18,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -137,6 +138,22 @@ def _yaml(value: Any) -> str:
     if isinstance(value, str):
         return value if value else '""'
     return repr(value)
+
+
+@contextlib.contextmanager
+def active_node(env: dict[str, str], log_path: Path, params: dict[str, Any] | None = None, namespace: str = "",
+                timeout: float = 120.0, ready: Callable[["RosClient"], None] | None = None) -> Iterator[tuple["NodeProcess", "RosClient"]]:
+    """A node process driven to active and a client connected to it (`ready` adds the client's
+    own publishers and waits for them); a node that does not come up fails the test with its log."""
+    with NodeProcess(env, log_path, params=params, namespace=namespace) as node, RosClient(namespace=namespace) as client:
+        try:
+            client.wait_for_state("active", timeout=timeout)
+            client.wait_connected()
+            if ready is not None:
+                ready(client)
+        except TimeoutError:
+            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+        yield node, client
 
 
 class RosClient:

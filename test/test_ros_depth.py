@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ros_helpers import (  # noqa: F401
-    PROCEDURAL_K, NodeProcess, RosClient, camera_info, centroid_errors, depth_image, render_depth,
+    active_node, camera_info, centroid_errors, depth_image, PROCEDURAL_K, render_depth,
     requires_interfaces, rgb_image, ros_env, stamp_now,
 )
 
@@ -27,17 +27,14 @@ def depth_node(ros_env, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("depth")
     params = {"use_depth": True, "max_image_age": 0.0, "num_threads": 1}
-    with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/depth") as node, \
-            RosClient(namespace="/depth") as client:
+
+    def depth_publishers(client) -> None:
         client.depth_pub = client.node.create_publisher(Image, "depth_image", 10)
         client.info_pub = client.node.create_publisher(CameraInfo, "depth_info", 10)
-        try:
-            client.wait_for_state("active", timeout=300)
-            client.wait_connected()
-            client.wait_for(lambda: client.depth_pub.get_subscription_count() > 0
-                            and client.info_pub.get_subscription_count() > 0, 30, "the depth subscriptions")
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+        client.wait_for(lambda: client.depth_pub.get_subscription_count() > 0
+                        and client.info_pub.get_subscription_count() > 0, 30, "the depth subscriptions")
+
+    with active_node(ros_env, folder / "node.log", params, namespace="/depth", timeout=300, ready=depth_publishers) as (node, client):
         yield node, client
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ros_helpers import (  # noqa: F401
-    NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, session_namespace, stamp_now,
+    active_node, NodeProcess, requires_interfaces, rgb_image, ros_env, RosClient,
+    session_namespace, stamp_now,
 )
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(300)]
@@ -23,12 +24,7 @@ pytestmark = [requires_interfaces, pytest.mark.timeout(300)]
 def lazy_node(ros_env, tmp_path_factory):
     """One active node (lazy model load, so no weights needed) and a client talking to it."""
     log = tmp_path_factory.mktemp("ros") / "node.log"
-    with NodeProcess(ros_env, log, params={"lazy_model_load": True}) as node, RosClient() as client:
-        try:
-            client.wait_for_state("active")
-            client.wait_connected()
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+    with active_node(ros_env, log, {"lazy_model_load": True}) as (node, client):
         yield node, client
 
 

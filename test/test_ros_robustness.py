@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env  # noqa: F401
+from ros_helpers import active_node, requires_interfaces, rgb_image, ros_env  # noqa: F401
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(400)]
 
@@ -23,13 +23,7 @@ pytestmark = [requires_interfaces, pytest.mark.timeout(400)]
 def sturdy_node(ros_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("robust")
     params = {"lazy_model_load": True, "weights.sam_checkpoint": str(folder / "missing_sam.pth")}
-    with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/robust") as node, \
-            RosClient(namespace="/robust") as client:
-        try:
-            client.wait_for_state("active")
-            client.wait_connected()
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+    with active_node(ros_env, folder / "node.log", params, namespace="/robust") as (node, client):
         yield node, client
     assert node.process.returncode == 0, node.log()[-3000:]
 

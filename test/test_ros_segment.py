@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from ros_helpers import NodeProcess, RosClient, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+from ros_helpers import active_node, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 
@@ -67,13 +67,7 @@ def untrained_node(ros_env, untrained_tiny_config, untrained_tiny_model, tmp_pat
         "frame_buffer_size": 2,
         "num_threads": 1,
     }
-    with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/untrained") as node, \
-            RosClient(namespace="/untrained") as client:
-        try:
-            client.wait_for_state("active", timeout=300)
-            client.wait_connected()
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+    with active_node(ros_env, folder / "node.log", params, namespace="/untrained", timeout=300) as (node, client):
         yield node, client
 
 
@@ -418,13 +412,7 @@ requires_shipped_weights = pytest.mark.skipif(
 def trained_node(ros_env, tmp_path_factory):
     """The default node: tiny preset, shipped weights, config/llmseg_node.yaml and nothing else."""
     folder = tmp_path_factory.mktemp("trained")
-    with NodeProcess(ros_env, folder / "node.log", namespace="/trained") as node, \
-            RosClient(namespace="/trained") as client:
-        try:
-            client.wait_for_state("active", timeout=300)
-            client.wait_connected()
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+    with active_node(ros_env, folder / "node.log", namespace="/trained", timeout=300) as (node, client):
         yield node, client
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import Camera, NodeProcess, RosClient, requires_interfaces, ros_env  # noqa: F401
+from ros_helpers import active_node, Camera, requires_interfaces, ros_env  # noqa: F401
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 
@@ -21,13 +21,7 @@ pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 def tracking_node(ros_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("track")
     params = {"max_image_age": 0.0, "num_threads": 1}
-    with NodeProcess(ros_env, folder / "node.log", params=params, namespace="/track") as node, \
-            RosClient(namespace="/track") as client:
-        try:
-            client.wait_for_state("active", timeout=300)
-            client.wait_connected()
-        except TimeoutError:
-            pytest.fail(f"node did not come up; its log:\n{node.log()}")
+    with active_node(ros_env, folder / "node.log", params, namespace="/track", timeout=300) as (node, client):
         yield node, client
 
 

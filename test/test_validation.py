@@ -1,8 +1,6 @@
 """Validation during training: per-process shares that add up to a single-process run (the
 scorings themselves are tested in test_metrics.py)."""
 
-import numpy as np
-import pytest
 
 from llmseg_model.data.procedural import ProceduralConfig, ProceduralDataset
 from llmseg_model.metrics import IoUAccumulator
