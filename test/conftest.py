@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmseg_model.config import LLMSegConfig, tiny_config
+from ros_helpers import ros_env  # noqa: F401  (the session's ROS environment, a fixture of every ROS test)
 
 torch.set_num_threads(1)  # see scripts/run_tests.sh: oversubscribed OpenMP threads are 20x slower
 

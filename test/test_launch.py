@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ros_helpers import REPO, RosClient, requires_interfaces, ros_env, session_namespace  # noqa: F401
+from ros_helpers import REPO, RosClient, requires_interfaces, session_namespace
 
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 

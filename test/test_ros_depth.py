@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import (  # noqa: F401
+from ros_helpers import (
     active_node, camera_info, centroid_errors, depth_image, PROCEDURAL_K, render_depth,
-    requires_interfaces, rgb_image, ros_env, stamp_now,
+    requires_interfaces, rgb_image, stamp_now,
 )
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import (  # noqa: F401
-    active_node, NodeProcess, requires_interfaces, rgb_image, ros_env, RosClient,
-    session_namespace, stamp_now,
+from ros_helpers import (
+    active_node, NodeProcess, requires_interfaces, rgb_image, RosClient, session_namespace,
+    stamp_now,
 )
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(300)]

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import active_node, requires_interfaces, rgb_image, ros_env  # noqa: F401
+from ros_helpers import active_node, requires_interfaces, rgb_image
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(400)]
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from ros_helpers import active_node, requires_interfaces, rgb_image, ros_env, stamp_now  # noqa: F401
+from ros_helpers import active_node, requires_interfaces, rgb_image, stamp_now
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import active_node, Camera, requires_interfaces, ros_env  # noqa: F401
+from ros_helpers import active_node, Camera, requires_interfaces
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 

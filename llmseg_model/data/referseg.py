@@ -30,7 +30,7 @@ from typing import Any
 
 from llmseg_model.data.image_io import read_rgb, segmentation_mask
 from llmseg_model.data.sample import SegSample
-from llmseg_model.data.targets import ImageDataset, ImageRef
+from llmseg_model.data.targets import RecordDataset
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class _ReferImage:
     queries: list[tuple[str, str, int]]  # (target name, sentence, annotation id)
 
 
-class ReferDataset(ImageDataset):
+class ReferDataset(RecordDataset):
     """One refer data set's train split, indexed by image."""
 
     def __init__(self, root: str | Path, name: str, split_by: str = "", split: str = "train") -> None:
@@ -120,13 +120,6 @@ class ReferDataset(ImageDataset):
             for i in sorted(queries)
         ]
         logger.info("%s %s split: %d images, %d refs", self.name, split, len(self.records), len(refs))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image_of(self, index: int) -> ImageRef:
-        record = self.records[index]
-        return self.source, record.image_id, partial(read_rgb, record.path)
 
     def targets(self, index: int) -> list[SegSample]:
         record = self.records[index]

@@ -40,7 +40,7 @@ import numpy as np
 from llmseg_model.data.class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES
 from llmseg_model.data.image_io import read_label, read_rgb, segmentation_mask
 from llmseg_model.data.sample import IGNORE_INDEX, SegSample
-from llmseg_model.data.targets import ImageDataset, ImageRef
+from llmseg_model.data.targets import ImageDataset, ImageRef, RecordDataset
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class _PartImage:
     annotations: list[tuple[int, int, Any]]  # (annotation id, category id, segmentation)
 
 
-class PartDataset(ImageDataset):
+class PartDataset(RecordDataset):
     """A COCO-style part annotation file; one candidate query per annotation (one instance)."""
 
     def __init__(self, name: str, source: str, json_path: Path, image_dir: Path, names: Callable[[str], list[str]]) -> None:
@@ -229,13 +229,6 @@ class PartDataset(ImageDataset):
             if int(info["id"]) in by_image
         ]
         logger.info("%s: %d images with parts (of %d), %d annotations", name, len(self.records), len(data["images"]), len(data["annotations"]))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image_of(self, index: int) -> ImageRef:
-        record = self.records[index]
-        return self.source, record.image_id, partial(read_rgb, record.path)
 
     def targets(self, index: int) -> list[SegSample]:
         record = self.records[index]

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
+from llmseg_model.data.image_io import read_rgb
 from llmseg_model.data.sample import SegSample
 
 ImageRef = tuple[str, str, Callable[[], np.ndarray]]  # (source, image id, image loader)
@@ -41,6 +44,20 @@ class ImageDataset(Sequence):
 
     def __getitem__(self, index: int) -> list[SegSample]:  # type: ignore[override]
         return self.targets(_check_index(index, len(self)))
+
+
+class RecordDataset(ImageDataset):
+    """An `ImageDataset` over `records`, one per image, each with `image_id` and `path`: the
+    readers that hold their annotations per image (parts, refer) share their indexing here."""
+
+    records: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_of(self, index: int) -> ImageRef:
+        record = self.records[index]
+        return self.source, record.image_id, partial(read_rgb, record.path)
 
 
 def _check_index(index: int, length: int) -> int:
