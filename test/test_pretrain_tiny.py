@@ -20,7 +20,6 @@ from llmseg_model.tiny.pretrain import (
     dense_targets,
     dino_input,
     dino_loss,
-    dinov2_config,
     evaluate_proposals,
     sam_input,
     sam_loss,
@@ -28,6 +27,7 @@ from llmseg_model.tiny.pretrain import (
     validation_scenes,
 )
 from llmseg_model.modeling.proposals import build_sam
+from llmseg_model.tiny.weights import tiny_dinov2_config
 
 # Measured with the shipped weights: proposals on 24 val scenes reach mean best IoU 0.86 (also 0.86 on the
 # 4 test scenes below); the pooled-feature probe scores colour 1.00, category 0.87, size 0.80 here
@@ -89,7 +89,7 @@ def test_dino_loss_decreases(batch) -> None:
     config, scenes, _ = batch
     torch.manual_seed(0)
     settings = dict(config.dino, num_hidden_layers=2)
-    model = Dinov2Model(dinov2_config(settings))
+    model = Dinov2Model(tiny_dinov2_config(**settings))
     head = DenseHead(model.config.hidden_size)
     params = list(model.parameters()) + list(head.parameters())
     losses = _losses_over_steps(params, lambda: dino_loss(model, head, scenes))

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from tqdm import tqdm
-from transformers import Dinov2Config, Dinov2Model
+from transformers import Dinov2Model
 
 from llmseg_model.config import ProposalConfig, SamConfig, tiny_config
 from llmseg_model.data.procedural import CATEGORIES, COLOURS, SIZES, SPLITS, ProceduralConfig, Scene, render_scene
 from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
+from llmseg_model.tiny.weights import TINY_DINOV2, tiny_dinov2_config
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +68,7 @@ class PretrainConfig:
     iou_weight: float = 1.0
     seed: int = 0
     scene_shapes: tuple[tuple[int, int], ...] = SCENE_SHAPES
-    dino: dict = field(
-        default_factory=lambda: dict(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            mlp_ratio=4,
-            patch_size=16,
-            image_size=224,
-        )
-    )
-
-
-def dinov2_config(settings: dict) -> Dinov2Config:
-    return Dinov2Config(**settings)
+    dino: dict = field(default_factory=lambda: dict(TINY_DINOV2))
 
 
 class DenseHead(torch.nn.Module):
@@ -489,7 +477,7 @@ def pretrain_sam(
 def pretrain_dinov2(config: PretrainConfig, show_progress: bool = True) -> tuple[Dinov2Model, list[dict[str, float]]]:
     """Dense + mask-pooled supervised training of a fresh DINOv2; returns it (eval mode) and losses."""
     torch.manual_seed(config.seed)
-    model = Dinov2Model(dinov2_config(config.dino))
+    model = Dinov2Model(tiny_dinov2_config(**config.dino))
     model.train()
     head = DenseHead(model.config.hidden_size)
     # A seed offset keeps DINOv2's scenes different from SAM's.

@@ -17,16 +17,13 @@ from llmseg_model.modeling.proposals import build_sam
 from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, save_tiny_llava, train_tokenizer
 
 
-def tiny_dinov2_config() -> Dinov2Config:
-    """Sizes of the tiny DINOv2 (patch 16 on a 224 input: a 14x14 feature grid)."""
-    return Dinov2Config(
-        hidden_size=96,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        mlp_ratio=2,
-        patch_size=16,
-        image_size=224,
-    )
+# The tiny DINOv2's sizes: pretrain_tiny trains it at these, and tests build it untrained at them.
+TINY_DINOV2 = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4, patch_size=16, image_size=224)
+
+
+def tiny_dinov2_config(**overrides) -> Dinov2Config:
+    """The tiny DINOv2 (patch 16 on a 224 input: a 14x14 feature grid), `overrides` on top."""
+    return Dinov2Config(**{**TINY_DINOV2, **overrides})
 
 
 def write_base_weights(folder: str | Path, seed: int = 0, config: LLMSegConfig | None = None,
