@@ -32,7 +32,7 @@ cp -r runs/tiny/llmseg "$OUT/llmseg"
 
 Shipped weights built by `make tiny-weights` (scripts/build_tiny.sh): SAM and DINOv2 pretrained on
 procedural scenes (llmseg_model.tiny.pretrain), then LLM-Seg trained with config/train_tiny.yaml
-(the shipped LLM-Seg weights on one H100 in float32, 7 min; the same config runs on a CPU).
+(the shipped LLM-Seg weights on this repository's 2-core CPU in float32, about 45 min).
 Scored by `python -m llmseg_model.benchmark --config config/benchmark_tiny.yaml` on held-out *test*
 scenes (a seed stream training never sees), with random-proposal and oracle-proposal baselines from
 the same SAM output; groups are the procedural instruction kinds. The issue's bar is gIoU >= 0.7.

@@ -166,7 +166,7 @@ def test_dotted_options_reach_the_settings_on_the_presets_values(tmp_path):
     assert config.lr == pytest.approx(1e-4) and config.betas == (0.8, 0.9) and config.steps == 5900  # from the YAML
     model = config.model_config()
     assert model.vlm.answer_mode == "given" and model.selection.iop_threshold == 0.4
-    assert model.fusion.variant == "joint" and model.vlm.seg_token == "<SEG>"  # the tiny preset's, untouched
+    assert (model.fusion.dim, model.fusion.iop_hidden) == (128, 64) and model.vlm.seg_token == "<SEG>"  # the tiny preset's, untouched
     assert parsed.verbosity == -1
     # (with --print_config: paths are not checked, the paper weights are not here)
     paper = parse_command(benchmark.COMMAND, ["--preset", "paper", "--print_config"]).config.model_config()
@@ -178,7 +178,7 @@ def test_model_settings_in_a_yaml_apply_on_the_preset(tmp_path):
     path.write_text("preset: tiny\nmodel: {vlm: {answer_mode: generate}}\nmethods: [llmseg]\n")
     config = parse_command(benchmark.COMMAND, ["--config", str(path), "--model.selection.max_instances", "3"]).config
     model = config.model_config()
-    assert (model.vlm.answer_mode, model.selection.max_instances, model.fusion.variant) == ("generate", 3, "joint")
+    assert (model.vlm.answer_mode, model.selection.max_instances, model.fusion.dim) == ("generate", 3, 128)
     assert config.methods == ["llmseg"]
 
 
