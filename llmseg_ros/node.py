@@ -22,7 +22,6 @@ may end the process.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import functools
 import itertools
@@ -33,7 +32,6 @@ import threading
 import time
 import traceback
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import rclpy
@@ -43,16 +41,17 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
-from visualization_msgs.msg import MarkerArray
 
 from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.modeling.prompting import clean_instruction
-from llmseg_ros import conversions, diagnostics, parameters, results, spatial
+from llmseg_ros import batching, conversions, diagnostics, parameters, results, spatial
+from llmseg_ros.batching import Job, Member
 from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_ns
+from llmseg_ros.outputs import Outputs
 from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
 from llmseg_ros.standing import StandingTask, StandingTasks, TrackServer
@@ -66,13 +65,8 @@ IMAGE_QOS = qos_profile_sensor_data
 # Deep enough that a burst of instructions (or of the QUEUE_FULL results it causes) is not
 # overwritten in the reliable history before it is acknowledged: each must get its own answer.
 INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-DEBUG_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 DROP_REPORT_PERIOD = 5.0  # seconds between checks for frames lost in transport
-POINTS_QOS = DEBUG_IMAGE_QOS
-MARKER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-MARKER_NAMESPACES = 256  # instruction ids whose marker counts are remembered (to delete stale markers)
 
 
 def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,33 +97,6 @@ def logged_transition(method: Callable[..., TransitionCallbackReturn]) -> Callab
     return wrapper
 
 
-@dataclass(eq=False)
-class Job:
-    """One instruction on its way to the worker."""
-
-    id: str
-    text: str
-    image_stamp_ns: int  # 0: the newest frame
-    received: float  # time.monotonic() at arrival
-    reply: Callable[[SegmentationResult], None]
-    phrase: bool = False
-    image: Frame | None = None  # the Segment service's own image
-    invalid: tuple[int, str] | None = None  # a status found while reading the message
-    bound: Frame | None = None  # the newest frame when it arrived (frame_binding: arrival)
-    bound_ns: int | None = None  # ROS time at arrival when bound then; None: bound when the worker takes it
-    standing: StandingTask | None = None  # the standing instruction this answers once
-
-
-@dataclass(eq=False)
-class Member:
-    """One job of a batch: the seconds it spent per stage, and whether it got its answer."""
-
-    job: Job
-    stages: dict[str, float]
-    joined_late: bool = False  # taken after the frame's proposal pass, so it did not wait for it
-    replied: bool = False
-
-
 class SegmentationNode(LifecycleNode):
     """LLM-Seg behind ROS topics and a service, as a managed node."""
 
@@ -155,17 +122,12 @@ class SegmentationNode(LifecycleNode):
         self._stats = diagnostics.Stats()
         self._recently_lost = 0
         self._standing = StandingTasks()
-        self._marker_counts: collections.OrderedDict[str, int] = collections.OrderedDict()
 
         # Instructions, results, the service and the action exist in every lifecycle state, so
         # every instruction and goal is answered (NOT_ACTIVE when not active); only images wait
         # for activate.
         instructions = MutuallyExclusiveCallbackGroup()
-        self._result_pub = self.create_publisher(SegmentationResult, "result", RESULT_QOS)
-        self._mask_pub = self.create_publisher(Image, "mask", DEBUG_IMAGE_QOS)
-        self._overlay_pub = self.create_publisher(Image, "overlay", DEBUG_IMAGE_QOS)
-        self._points_pub = self.create_publisher(PointCloud2, "points", POINTS_QOS)
-        self._markers_pub = self.create_publisher(MarkerArray, "markers", MARKER_QOS)
+        self._outputs = Outputs(self)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.create_subscription(Instruction, "instruction", self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=instructions)
@@ -351,7 +313,7 @@ class SegmentationNode(LifecycleNode):
     @guarded
     def _on_instruction(self, msg: Instruction) -> None:
         job = Job(id=msg.id or f"auto-{next(self._job_ids)}", text=msg.text, image_stamp_ns=0,
-                  received=time.monotonic(), reply=self._publish_result, phrase=msg.phrase)
+                  received=time.monotonic(), reply=self._outputs.result, phrase=msg.phrase)
         stamp = stamp_to_ns(msg.image_stamp)
         if stamp is None:
             job.invalid = (SegmentationResult.BAD_INSTRUCTION, f"image_stamp is negative ({msg.image_stamp.sec} s)")
@@ -362,7 +324,7 @@ class SegmentationNode(LifecycleNode):
     @guarded
     def _on_instruction_text(self, msg: String) -> None:
         self._submit(Job(id=f"text-{next(self._job_ids)}", text=msg.data, image_stamp_ns=0,
-                         received=time.monotonic(), reply=self._publish_result))
+                         received=time.monotonic(), reply=self._outputs.result))
 
     def _on_segment(self, request: Segment.Request, response: Segment.Response) -> Segment.Response:
         """Answer in the response; every failure still becomes a result, never an exception."""
@@ -476,7 +438,7 @@ class SegmentationNode(LifecycleNode):
         start = time.monotonic()
         if cached is None:
             try:
-                rgb = self._decode(frame.msg, runtime)
+                rgb = batching.decode(frame.msg, runtime)
             except ValueError as invalid:
                 return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
         else:
@@ -503,8 +465,8 @@ class SegmentationNode(LifecycleNode):
             member.joined_late = True
         members += [m for m in late if not m.replied]
 
-        self._apply_runtime(model, runtime)
-        answers, batch = self._query(model, features, [m.job for m in members if not m.replied])
+        batching.apply_runtime(model, runtime)
+        answers, batch = batching.query_jobs(model, features, [m.job for m in members if not m.replied])
         if batch:
             self._stats.batch(batch, cached is None)
         for member, answer in zip([m for m in members if not m.replied], answers):
@@ -520,9 +482,9 @@ class SegmentationNode(LifecycleNode):
             result.frame_cached = cached is not None or member.joined_late
             result.batch_size = batch
             labels, masks = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
-            union = self._place_3d(result, masks, frame, runtime, member.stages)
+            union = spatial.place(result, masks, frame, self._frames, runtime, member.stages) if self._use_depth else None
             self._answer(member, result)
-            self._publish_outputs(result, rgb, labels, union, frame)
+            self._outputs.extras(result, rgb, labels, union, frame, runtime, self._use_depth)
 
     def _resolve(self, job: Job, runtime: dict[str, Any]) -> Pick:
         """The frame a job is about: its own image, the newest frame when it arrived, the frame its
@@ -564,68 +526,6 @@ class SegmentationNode(LifecycleNode):
                 self._answer(member, self._status(job, pick.status, pick.error, frame))
         return members
 
-    def _apply_runtime(self, model: Any, runtime: dict[str, Any]) -> None:
-        selection = model.config.selection
-        selection.iop_threshold = runtime["selection.iop_threshold"]
-        selection.fallback_min_iop = runtime["selection.fallback_min_iop"]
-        selection.max_instances = runtime["selection.max_instances"]
-        model.config.instances.iou_threshold = runtime["instances.iou_threshold"]
-        model.config.instances.containment_threshold = runtime["instances.containment_threshold"]
-        model.config.vlm.max_instruction_chars = runtime["max_instruction_chars"]
-
-    @staticmethod
-    def _query(model: Any, features: Any, jobs: list[Job]) -> tuple[list[Any], int]:
-        """One LLMSeg.query_batch for the jobs: a model Result each, or why it has none: a str (its
-        instruction was refused: BAD_INSTRUCTION) or a ValueError (the model refused the batch for
-        another reason: MODEL_ERROR). A refused instruction (query_batch names its index) is taken
-        out and the rest asked again, so one bad instruction spoils nothing for the others."""
-        answers: list[Any] = [None] * len(jobs)
-        pending = list(range(len(jobs)))
-        while pending:
-            try:
-                batch = model.query_batch(features, [jobs[i].text for i in pending], [jobs[i].phrase for i in pending])
-            except ValueError as invalid:
-                index = getattr(invalid, "index", None)  # llmseg_model's InstructionError
-                if index is not None and index < len(pending):
-                    answers[pending.pop(index)] = invalid.reason
-                    continue
-                for i in pending:
-                    answers[i] = invalid
-                return answers, 0
-            for i, answer in zip(pending, batch):
-                answers[i] = answer
-            return answers, len(pending)
-        return answers, 0
-
-    def _place_3d(self, result: SegmentationResult, masks: Any, frame: Frame, runtime: dict[str, Any],
-                  stages: dict[str, float]) -> Any:
-        """The target in 3D from the depth image paired with the frame; a depth status otherwise.
-        Returns the union (for the point cloud) or None."""
-        if not self._use_depth:
-            return None
-        start = time.monotonic()
-        depth = frame.depth
-        if frame.seq is None:
-            spatial.set_depth_status(result, SegmentationResult.DEPTH_MISSING, "a service call's own image has no depth")
-            return None
-        if depth is not None and depth.info is None:
-            depth.info = self._frames.info_for(depth.stamp_ns, int(runtime["depth_tolerance"] * NS))
-        status, why = spatial.match_problem(depth, self._frames, frame.stamp_ns, runtime["depth_tolerance"])
-        union = None
-        if status != SegmentationResult.DEPTH_OK:
-            spatial.set_depth_status(result, status, why)
-        else:
-            union = spatial.fill_3d(result, masks, depth, runtime)
-        stages["depth"] = time.monotonic() - start
-        return union
-
-    @staticmethod
-    def _decode(msg: Image | CompressedImage, runtime: dict[str, Any]) -> Any:
-        limits = runtime["max_image_side"], runtime["max_image_bytes"]
-        if isinstance(msg, CompressedImage):
-            return conversions.compressed_to_rgb(msg, *limits)
-        return conversions.image_to_rgb(msg, *limits)
-
     def _ensure_model(self) -> Any:
         """The model, built here on first use when lazy_model_load is set; None after a failed load."""
         if self._model is None and self._model_error is None:
@@ -665,29 +565,6 @@ class SegmentationNode(LifecycleNode):
         except Exception as error:  # e.g. the context is already shut down
             self.get_logger().error(f"could not deliver the result of {job.id!r}: {error!r}")
 
-    def _publish_result(self, result: SegmentationResult) -> None:
-        self._result_pub.publish(result)
-
-    def _publish_outputs(self, result: SegmentationResult, rgb: Any, labels: Any, union: Any, frame: Frame) -> None:
-        """mask, overlay, points and markers: each only while someone subscribes."""
-        if self._mask_pub.get_subscription_count():
-            self._mask_pub.publish(result.mask)
-        if self.parameters["publish_overlay"] and self._overlay_pub.get_subscription_count():
-            self._overlay_pub.publish(conversions.rgb_to_image(conversions.overlay(rgb, labels), result.header))
-        if not self._use_depth or frame.depth is None:
-            return
-        if union is not None and self.parameters["publish_points"] and self._points_pub.get_subscription_count():
-            depth_shape = (int(frame.depth.msg.height), int(frame.depth.msg.width))
-            self._points_pub.publish(spatial.point_cloud(union, labels, depth_shape, frame.depth.header))
-        if self.parameters["publish_markers"] and self._markers_pub.get_subscription_count():
-            previous = self._marker_counts.pop(result.instruction_id, 0)
-            array = spatial.markers(result, previous, self.parameters["marker_lifetime"])
-            self._marker_counts[result.instruction_id] = sum(m.action == m.ADD for m in array.markers)
-            while len(self._marker_counts) > MARKER_NAMESPACES:
-                self._marker_counts.popitem(last=False)
-            if array.markers:
-                self._markers_pub.publish(array)
-
     # ------------------------------------------------------------------ standing instructions
     def _schedule_standing(self, frame: Frame | None) -> None:
         """Queue the standing instructions due on a frame, bound to it. Called for a new frame
@@ -710,7 +587,7 @@ class SegmentationNode(LifecycleNode):
                 self._standing.remove(task)
             rate = self.parameters["standing_rate"]
             for k, text in enumerate(self.parameters["standing_instructions"]):
-                self._standing.add(StandingTask(f"standing-{k}", text, False, rate, self._publish_result,
+                self._standing.add(StandingTask(f"standing-{k}", text, False, rate, self._outputs.result,
                                                 origin="parameter"))
         except Exception:
             self.get_logger().error(f"standing_instructions could not be applied:\n{traceback.format_exc()}")

@@ -168,7 +168,8 @@ class RosClient:
 
         from llmseg_interfaces.msg import Instruction, SegmentationResult
         from llmseg_interfaces.srv import Segment
-        from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS, RESULT_QOS, DEBUG_IMAGE_QOS
+        from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS
+        from llmseg_ros.outputs import DEBUG_IMAGE_QOS, RESULT_QOS
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 
