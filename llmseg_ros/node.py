@@ -12,7 +12,8 @@ NOT_ACTIVE unless the node is active.
 Threads: executor callbacks only validate and store frames (llmseg_ros.frames) and queue
 instructions, each bound to the newest frame when it arrives; one worker thread runs the model
 (llmseg_ros.worker) and answers every queued instruction on the same frame together, with one
-`LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch`. With `use_depth` the answer
+`LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch` (llmseg_ros.batching); results,
+masks, overlays, points and markers go out through llmseg_ros.outputs. With `use_depth` the answer
 is placed in 3D (llmseg_ros.spatial); standing instructions (the Track action and the
 `standing_instructions` parameter, llmseg_ros.standing) are answered again on new frames; health
 goes to /diagnostics (llmseg_ros.diagnostics). Every callback is guarded and the spin loop
