@@ -8,6 +8,7 @@ weights trained in this repository and shipped inside the package.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
 import os
@@ -56,10 +57,17 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
 BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types, once per class: every config check and build reads them
+    (the node checks each instruction against a copy of its VLM settings)."""
+    return typing.get_type_hints(cls)
+
+
 def check_fields(config: Any, prefix: str = "") -> None:
     """Raise ValueError naming the first field of a dataclass whose value has the wrong type, is
     not one of its choices or is out of its bounds (`one_of`, `bounded`)."""
-    hints = typing.get_type_hints(type(config))
+    hints = type_hints(type(config))
     for f in dataclasses.fields(config):
         value, key = getattr(config, f.name), prefix + f.name
         check_type(hints[f.name], value, key)
@@ -114,7 +122,7 @@ def from_mapping(cls: type, data: Any, where: str = "") -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{where.rstrip('.') or cls.__name__}: missing setting(s) {missing}")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     kwargs = {name: _from_value(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -608,16 +616,9 @@ def merge_nested(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def preset_with_overrides(name: str, overrides: dict[str, Any]) -> LLMSegConfig:
-    """The named preset with nested overrides (as training and benchmark YAML files give them)."""
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"model: expected a mapping of LLMSegConfig settings, got {type(overrides).__name__}")
-    return LLMSegConfig.from_dict(merge_nested(preset_config(name).to_dict(), dict(overrides)))
-
-
 def model_settings(preset: str | LLMSegConfig, overrides: dict[str, Any], key: str = "model") -> LLMSegConfig:
-    """`preset_with_overrides` for a job config whose `key` field holds the overrides (on a preset
-    name or on a config): errors in them name the setting as the job's YAML and command line do
+    """A preset (by name, or a config) with the nested overrides of a job config's `key` field (as
+    training and benchmark YAML files give them): errors in them name the setting as the job's YAML and command line do
     (model.vlm.answer_mode)."""
     base = preset if isinstance(preset, LLMSegConfig) else preset_config(preset)
     try:
