@@ -158,9 +158,7 @@ def train(config: TrainConfig) -> Path:
         dino, vision = base.frozen_features(dino_pixels, llava_pixels)
         return dino.cpu(), vision.cpu()
 
-    memo = config.memo_images > 0
-    if memo and config.num_workers:
-        raise ValueError("memo_images keeps its memo in the main process: set num_workers: 0 (or memo_images: 0)")
+    memo = config.memo_images > 0  # TrainConfig refuses a memo with DataLoader workers
     dataset = TrainingSet(
         mixed,
         proposals_for=cache.get,

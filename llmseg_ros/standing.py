@@ -125,10 +125,6 @@ class StandingTasks:
             task.record(result)
             return True
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return sum(t.in_flight for t in self._tasks.values())
-
 
 class TrackServer:
     """The Track action: one StandingTask per goal, each answer sent as feedback, and a summary

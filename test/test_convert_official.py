@@ -328,7 +328,6 @@ def published_scores(module, base, image: np.ndarray, masks: np.ndarray, text: s
     llama.load_state_dict(merged)
     ids = published_ids(text, base)
     at = ids.index(-200)
-    seg_mask = [False] * len(ids)
     seg_mask = [ids[i + 1] == SP_VOCAB + 3 for i in range(len(ids) - 1)] + [False]  # input_ids[:, 1:] == seg
     seg_position = seg_mask.index(True) + image_tokens.shape[1] - 1  # the +255 shift, here +3
     with torch.no_grad():

@@ -21,13 +21,6 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header only."""
-    with Image.open(path) as image:
-        width, height = image.size
-    return height, width
-
-
 def read_label(path: str | Path) -> np.ndarray:
     """A label map PNG as (H, W) class indices: grey values, or palette indices for 'P' images
     (what np.array(Image.open(...)) gives, as the published readers use it)."""

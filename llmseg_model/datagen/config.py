@@ -149,11 +149,14 @@ class DatagenConfig:
         """Raise ValueError naming the first setting that cannot work."""
         if not self.sources:
             raise ValueError("datagen config: `sources` is empty; list at least one annotation set")
+        # the parts' own field checks again (choices, bounds), for settings changed after loading
+        for part, prefix in ((self.selection, "selection."), (self.box_masks, "box_masks."), (self.prompt, "prompt."),
+                             (self.backend, "backend."), (self.split, "split.")):
+            check_fields(part, prefix)
         names = set()
         for i, source in enumerate(self.sources):
             where = f"sources[{i}]"
-            if source.kind not in SOURCE_KINDS:
-                raise ValueError(f"{where}.kind: unknown kind {source.kind!r}; choose one of {SOURCE_KINDS}")
+            check_fields(source, f"{where}.")
             if not source.annotations:
                 raise ValueError(f"{where}.annotations: path to the annotation JSON is required")
             if source.kind == "egoobjects" and not source.image_dir:
@@ -164,23 +167,11 @@ class DatagenConfig:
             if source.dataset_name in names:
                 raise ValueError(f"{where}.name: two sources share the name {source.dataset_name!r}")
             names.add(source.dataset_name)
-        if self.backend.kind not in BACKEND_KINDS:
-            raise ValueError(f"backend.kind: unknown backend {self.backend.kind!r}; choose one of {BACKEND_KINDS}")
-        if self.backend.concurrency < 1:
-            raise ValueError("backend.concurrency must be at least 1")
-        if self.backend.max_attempts < 1:
-            raise ValueError("backend.max_attempts must be at least 1")
-        if self.backend.timeout_s <= 0:
-            raise ValueError("backend.timeout_s must be positive")
         fractions = (self.split.train, self.split.val, self.split.test)
-        if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        if abs(sum(fractions) - 1.0) > 1e-6:
             raise ValueError(f"split: train/val/test must be non-negative and sum to 1, got {fractions}")
-        if self.selection.min_categories < 1:
-            raise ValueError("selection.min_categories must be at least 1")
-        if not 1 <= self.prompt.min_questions <= self.prompt.questions_per_image:
+        if self.prompt.min_questions > self.prompt.questions_per_image:
             raise ValueError("prompt: need 1 <= min_questions <= questions_per_image")
-        if self.prompt.max_answer_objects < 1:
-            raise ValueError("prompt.max_answer_objects must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
