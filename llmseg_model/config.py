@@ -418,19 +418,27 @@ class WeightPaths:
     def __post_init__(self) -> None:
         check_fields(self, "weights.")
 
+    KINDS = {"sam_checkpoint": "SAM checkpoint file", "dinov2_path": "DINOv2 model folder",
+             "llava_path": "LLaVA model folder", "llmseg_weights": "LLM-Seg trained weights folder"}
+
+    def require(self, name: str, prefix: str = "weights.") -> Path:
+        """The weight path `name` holds; FileNotFoundError naming the setting when it is unset or
+        missing (nothing is ever downloaded)."""
+        value, kind = getattr(self, name), self.KINDS[name]
+        if not value:
+            raise FileNotFoundError(f"{prefix}{name} is not set: give the local path of the {kind}")
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{prefix}{name} = {value!r} does not exist ({kind}); nothing is downloaded")
+        return path
+
     def check_exist(self, trained: bool = True, prefix: str = "weights.") -> None:
         """Raise FileNotFoundError naming the first weight path that is unset or missing, before
         anything loads (`trained=False`: a new training run, llmseg_weights not needed)."""
-        kinds = {"sam_checkpoint": "SAM checkpoint file", "dinov2_path": "DINOv2 model folder",
-                 "llava_path": "LLaVA model folder", "llmseg_weights": "LLM-Seg trained weights folder"}
-        for name, kind in kinds.items():
-            value = getattr(self, name)
-            if name == "llmseg_weights" and not (trained or value):
+        for name in self.KINDS:
+            if name == "llmseg_weights" and not (trained or getattr(self, name)):
                 continue
-            if not value:
-                raise FileNotFoundError(f"{prefix}{name} is not set: give the local path of the {kind}")
-            if not Path(value).expanduser().exists():
-                raise FileNotFoundError(f"{prefix}{name} = {value!r} does not exist ({kind}); nothing is downloaded")
+            self.require(name, prefix)
 
 
 @dataclass

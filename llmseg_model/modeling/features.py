@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from transformers import Dinov2Model
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
-from llmseg_model.config import LAYOUTS, POS_EMBEDS, FeatureConfig
+from llmseg_model.config import FeatureConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,8 +51,7 @@ class HubInterpolationEmbeddings(Dinov2Embeddings):
 
 def load_dinov2(path: str, config: FeatureConfig, dtype: torch.dtype = torch.float32) -> Dinov2Model:
     """A local DINOv2 folder, with the position-embedding rule `config.pos_embed` names."""
-    if config.pos_embed not in POS_EMBEDS:
-        raise ValueError(f"features.pos_embed must be one of {POS_EMBEDS}, got {config.pos_embed!r}")
+    config.__post_init__()  # its own checks again: settings may have changed since it was built
     model = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=dtype)
     if config.pos_embed == "hub":
         hub = HubInterpolationEmbeddings(model.config)
@@ -61,10 +61,9 @@ def load_dinov2(path: str, config: FeatureConfig, dtype: torch.dtype = torch.flo
 
 
 def letterbox_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """(h, w) after resizing the long side to `side`, rounded as segment-anything's
-    ResizeLongestSide.get_preprocess_shape does."""
-    scale = side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    """(h, w) after resizing the long side to `side`: segment-anything's rounding, as the published
+    DINOv2 letterbox uses it."""
+    return ResizeLongestSide.get_preprocess_shape(height, width, side)
 
 
 class MaskFeatureExtractor(nn.Module):
@@ -72,10 +71,7 @@ class MaskFeatureExtractor(nn.Module):
 
     def __init__(self, dinov2: Dinov2Model, config: FeatureConfig) -> None:
         super().__init__()
-        if config.layout not in LAYOUTS:
-            raise ValueError(f"features.layout must be one of {LAYOUTS}, got {config.layout!r}")
-        if config.pool_size < 0:
-            raise ValueError(f"features.pool_size must be >= 0, got {config.pool_size}")
+        config.__post_init__()  # its own checks again: settings may have changed since it was built
         self.config = config
         self.dinov2 = dinov2
         self.dinov2.requires_grad_(False)

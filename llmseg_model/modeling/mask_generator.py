@@ -73,8 +73,7 @@ class LeanMaskGenerator:
     """Everything-mode masks of one image from SAM's own modules, without discarded work."""
 
     def __init__(self, sam: Sam, config: ProposalConfig) -> None:
-        if config.min_mask_region_area > 0:
-            raise ValueError("proposals.min_mask_region_area > 0 needs proposals.engine: segment_anything")
+        config.__post_init__()  # its own checks again (min_mask_region_area needs the stock engine)
         self.config = config
         self.predictor = SamPredictor(sam)
 

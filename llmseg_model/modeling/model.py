@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmseg_model.config import MATCHING_LAYOUTS, LLMSegConfig, preset_config
+from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
 from llmseg_model.modeling.fusion import build_fusion
 from llmseg_model.modeling.instances import instance_masks, merge_instances
@@ -51,16 +51,6 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def require_path(value: str, setting: str, kind: str) -> Path:
-    """A configured weight path that must exist; the error names the setting to fix."""
-    if not value:
-        raise FileNotFoundError(f"weights.{setting} is not set: give the local path of the {kind}")
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"weights.{setting} = {value!r} does not exist ({kind}); nothing is downloaded")
-    return path
-
-
 def vlm_dtype(name: str, use_cuda: bool, setting: str = "vlm.dtype") -> torch.dtype:
     """The weight dtype a dtype setting names ("auto": bfloat16 on CUDA only)."""
     if name == "auto":
@@ -81,11 +71,7 @@ class LLMSeg(nn.Module):
         vlm: SegVLM,
     ) -> None:
         super().__init__()
-        if MATCHING_LAYOUTS.get(config.features.layout) != config.proposals.lowres_layout:
-            raise ValueError(
-                f"features.layout {config.features.layout!r} needs proposals.lowres_layout "
-                f"{MATCHING_LAYOUTS.get(config.features.layout)!r}, got {config.proposals.lowres_layout!r}"
-            )
+        config.validate()  # the parts and what they must agree on (e.g. the mask layouts)
         self.config = config
         self.proposal_generator = proposal_generator
         self.sam = proposal_generator.sam  # registered so .to(device) moves it
@@ -102,12 +88,10 @@ class LLMSeg(nn.Module):
         """Build every part from local weights (never downloads). With load_trained=False the
         LLM-Seg parts (LoRA, heads, projections) start untrained, as for a new training run."""
         weights = config.weights
-        sam_path = require_path(weights.sam_checkpoint, "sam_checkpoint", "SAM checkpoint file")
-        dinov2_path = require_path(weights.dinov2_path, "dinov2_path", "DINOv2 model folder")
-        llava_path = require_path(weights.llava_path, "llava_path", "LLaVA model folder")
-        trained_path = None
-        if load_trained:
-            trained_path = require_path(weights.llmseg_weights, "llmseg_weights", "LLM-Seg trained weights folder")
+        sam_path = weights.require("sam_checkpoint")
+        dinov2_path = weights.require("dinov2_path")
+        llava_path = weights.require("llava_path")
+        trained_path = weights.require("llmseg_weights") if load_trained else None
         use_cuda = device.startswith("cuda")
         sam = build_sam(config.sam, sam_path)
         dinov2 = load_dinov2(str(dinov2_path), config.features, vlm_dtype(config.features.dtype, use_cuda, "features.dtype"))

@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache, LlavaForConditionalGeneration
 
-from llmseg_model.config import ANSWER_MODES, SEG_STATES, VlmConfig
+from llmseg_model.config import VlmConfig
 from llmseg_model.modeling.prompting import PromptBuilder
 
 logger = logging.getLogger(__name__)
@@ -34,10 +34,7 @@ class SegVLM(nn.Module):
 
     def __init__(self, llava: LlavaForConditionalGeneration, tokenizer, image_processor, config: VlmConfig) -> None:
         super().__init__()
-        if config.seg_state not in SEG_STATES:
-            raise ValueError(f"vlm.seg_state must be one of {SEG_STATES}, got {config.seg_state!r}")
-        if config.answer_mode not in ANSWER_MODES:
-            raise ValueError(f"vlm.answer_mode must be one of {ANSWER_MODES}, got {config.answer_mode!r}")
+        config.__post_init__()  # its own checks again: settings may have changed since it was built
         self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
