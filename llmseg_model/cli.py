@@ -66,9 +66,10 @@ class Command:
         """Parse the command line, run, return what the run returns (bad input: exit status 2)."""
         return run_command(self, argv)
 
-    def main(self, argv: Sequence[str] | None = None) -> int:
-        """Console entry point: `name` in pyproject's scripts, or `python -m module`."""
-        run_command(self, argv)
+    def main(self, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+        """Console entry point: `name` in pyproject's scripts, or `python -m module` (`prog`: the
+        name usage lines show, for a wrapper such as `ros2 run llmseg_ros train`)."""
+        run_command(self, argv, prog)
         return 0
 
 

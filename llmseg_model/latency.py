@@ -253,9 +253,10 @@ def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]
     return models
 
 
-def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any]) -> Any:
+def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any], parts: tuple[Any, Any]) -> Any:
     """The LLMSeg whose instructions are timed: the preset-mode model when weights are given, else
-    one of random parts (SAM never runs: frames get synthetic proposals)."""
+    one of random parts around the frame half's SAM and DINOv2 (`parts`, from build_parts; SAM
+    never runs here: frames get synthetic proposals)."""
     if "preset" in prepare_models:
         return prepare_models["preset"]
     if not config.random_weights:
@@ -271,7 +272,7 @@ def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any]) -> 
     from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, train_tokenizer
 
     model_config = config.model_config()
-    sam, features = build_parts(config)
+    sam, features = parts
     shape = {**RANDOM_LLAVA.get(config.preset, {}), **config.llava}
     sizes = TinyLlavaConfig(**shape)
     torch.manual_seed(config.seed)
@@ -483,7 +484,7 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
             for key, seconds in measured.items():
                 samples.setdefault(key, []).append(seconds)
     if config.instructions:
-        instruction_samples(config, models, images, clock, samples)
+        instruction_samples(config, build_query_model(config, models, (sam, features)), images, clock, samples)
     report = latency_report(config, samples, prompts, stages)
     if config.recall_scenes:
         report["recall"] = recall_per_mode(sam, modes, config)
@@ -491,10 +492,9 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
     return report
 
 
-def instruction_samples(config: LatencyConfig, models: dict[str, Any], images: list[np.ndarray], clock: Clock, samples: dict[str, list[float]]) -> None:
+def instruction_samples(config: LatencyConfig, model: Any, images: list[np.ndarray], clock: Clock, samples: dict[str, list[float]]) -> None:
     """The per-instruction half: each frame prepared once (the prompt prefix included), then its
-    instructions answered every way, interleaved frame by frame."""
-    model = build_query_model(config, models)
+    instructions answered every way, interleaved frame by frame, on `model` (build_query_model)."""
     texts = frame_instructions(config)
     steps = [(i, f) for i in range(config.iterations) for f in range(len(images))]
     for step, (_, f) in enumerate(tqdm(steps, desc="latency (instructions)", unit="frame", disable=not config.progress)):

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmseg_model.cli import Command, check_data_paths, require_existing, run_command
+from llmseg_model.cli import Command, check_data_paths, require_existing
 from llmseg_model.data.mixing import build_dataset, build_mixture
 from llmseg_model.data.sample import SegSample
 from llmseg_model.train_config import TrainConfig
@@ -363,10 +363,7 @@ COMMAND = Command(
 )
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Console entry point (`llmseg-train`, `python -m llmseg_model.train`)."""
-    run_command(COMMAND, argv, prog)
-    return 0
+main = COMMAND.main
 
 
 if __name__ == "__main__":

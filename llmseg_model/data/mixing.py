@@ -23,7 +23,7 @@ import numpy as np
 from llmseg_model.data.referseg import REFER_KINDS, SPLIT_BYS
 from llmseg_model.data.sample import SegSample
 from llmseg_model.data.semseg import MAPILLARY_VERSIONS, SEMSEG_KINDS
-from llmseg_model.data.targets import target_groups
+from llmseg_model.data.targets import ImageRef, image_ref, target_groups
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +159,21 @@ class Subset(Sequence):
     def __len__(self) -> int:
         return self.limit
 
-    def __getitem__(self, index: int):  # type: ignore[override]
+    def _index(self, index: int) -> int:
         if not -self.limit <= index < self.limit:
             raise IndexError(f"index {index} out of range for {self.limit} samples")
-        return self.dataset[index % self.limit]
+        return index % self.limit
+
+    def __getitem__(self, index: int):  # type: ignore[override]
+        return self.dataset[self._index(index)]
 
     def group(self, index: int) -> str:
         group = getattr(self.dataset, "group", None)
         return group(index) if group else ""
 
-    def image_of(self, index: int):
+    def image_of(self, index: int) -> ImageRef:
         """(source, image id, image loader) of item `index`, for the proposal precompute."""
-        image_of = getattr(self.dataset, "image_of", None)
-        if image_of is not None:
-            return image_of(index % self.limit)
-        sample = self[index]
-        return sample.source, sample.image_id, sample.load_image
+        return image_ref(self.dataset, self._index(index))
 
 
 def open_dataset(spec: DatasetSpec) -> Sequence:

@@ -19,7 +19,7 @@ import logging
 import os
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from llmseg_model.cli import Command, check_data_paths, data_specs, require_existing
 from llmseg_model.config import LLMSegConfig, ProposalConfig, SamConfig, check_fields, model_settings, preset_config
 from llmseg_model.data.sample import SegSample
+from llmseg_model.data.targets import image_ref
 
 if TYPE_CHECKING:
     import torch
@@ -326,7 +327,7 @@ def precompute(
         for dataset in datasets:
             for i in range(len(dataset)):
                 bar.update(1)
-                source, image_id, load_image = _image_of(dataset, i)
+                source, image_id, load_image = image_ref(dataset, i)
                 key = image_key(source, image_id)
                 if key in seen:
                     continue
@@ -351,16 +352,6 @@ def precompute(
                 bar.set_postfix(computed=stats.computed, cached=stats.skipped)
     logger.info("proposal cache %s: %s", cache.root, stats)
     return stats
-
-
-def _image_of(dataset: Sequence[SegSample], index: int) -> tuple[str, str, Callable[[], np.ndarray]]:
-    """(source, image id, image loader) of a sample; data sets that know it without building the
-    sample (ProceduralDataset.image_of) save rendering images that are cached or another shard's."""
-    image_of = getattr(dataset, "image_of", None)
-    if image_of is not None:
-        return image_of(index)
-    sample = dataset[index]
-    return sample.source, sample.image_id, sample.load_image
 
 
 @dataclass

@@ -46,6 +46,17 @@ class ImageDataset(Sequence):
         return self.targets(_check_index(index, len(self)))
 
 
+def image_ref(dataset: Sequence, index: int) -> ImageRef:
+    """(source, image id, image loader) of item `index`: from the data set's `image_of` when it has
+    one (cheap: ProceduralDataset renders nothing, readers read no annotation), else from the built
+    sample. The proposal precompute walks images this way."""
+    image_of = getattr(dataset, "image_of", None)
+    if image_of is not None:
+        return image_of(index)
+    sample = dataset[index]
+    return sample.source, sample.image_id, sample.load_image
+
+
 class RecordDataset(ImageDataset):
     """An `ImageDataset` over `records`, one per image, each with `image_id` and `path`: the
     readers that hold their annotations per image (parts, refer) share their indexing here."""
@@ -86,11 +97,7 @@ class SampleGroups(Sequence):
         return split_texts(self.dataset[index])
 
     def image_of(self, index: int) -> ImageRef:
-        image_of = getattr(self.dataset, "image_of", None)
-        if image_of is not None:
-            return image_of(index)
-        sample = self.dataset[index]
-        return sample.source, sample.image_id, sample.load_image
+        return image_ref(self.dataset, index)
 
     def group(self, index: int) -> str:
         group = getattr(self.dataset, "group", None)

@@ -39,7 +39,7 @@ from llmseg_model.datagen.config import DatagenConfig
 from llmseg_model.datagen.prompts import ResponseFormatError, build_messages, parse_response
 from llmseg_model.datagen.selection import ObjectPlan, Scene, build_scene, plan_objects
 from llmseg_model.datagen.validate import QAPair, validate_items
-from llmseg_model.cli import Command, require_existing, run_command
+from llmseg_model.cli import Command, require_existing
 from llmseg_model.datagen.writer import PROGRESS_FILE, ProgressLog, split_of, write_json_atomic, write_splits
 
 logger = logging.getLogger(__name__)
@@ -435,10 +435,7 @@ COMMAND = Command(
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`llmseg-datagen`, `python -m llmseg_model.datagen.generate`)."""
-    run_command(COMMAND, argv)
-    return 0
+main = COMMAND.main
 
 
 if __name__ == "__main__":
