@@ -65,10 +65,10 @@ PALETTE = np.array(
 )
 
 
-def check_size(height: int, width: int, max_side: int) -> None:
+def check_size(height: int, width: int, max_side: int, what: str = "image") -> None:
     """Reject empty images and images whose long side exceeds max_side (0 = no limit)."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"image is empty ({width}x{height})")
+        raise ValueError(f"{what} is empty ({width}x{height})")
     if max_side and max(height, width) > max_side:
         raise ValueError(f"image is {width}x{height}; its long side exceeds max_image_side={max_side}")
 
@@ -86,21 +86,31 @@ def check_image(msg: Image, max_side: int = 0, max_bytes: int = 0) -> None:
     if encoding not in ENCODINGS:
         hint = f" (ROS spells it {encoding.lower()!r})" if encoding.lower() in ENCODINGS else ""
         raise ValueError(f"unsupported image encoding {encoding!r}{hint}; supported: {', '.join(ENCODINGS)}")
-    size = len(msg.data)
-    if max_bytes and size > max_bytes:
-        raise ValueError(f"image has {size} data bytes, more than max_image_bytes={max_bytes}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    check_data_size(msg, max_bytes)
+    height, width = int(msg.height), int(msg.width)
     check_size(height, width, max_side)
     if encoding in YUV422 or encoding in YUV420:
         if width % 2 or (encoding in YUV420 and height % 2):
             raise ValueError(f"{encoding} needs an even width{' and height' if encoding in YUV420 else ''}, "
                              f"got {width}x{height}")
-    row_bytes = _row_bytes(encoding, width)
+    check_rows(msg, _row_bytes(encoding, width), height * 3 // 2 if encoding in YUV420 else height)
+
+
+def check_data_size(msg: Image, max_bytes: int, what: str = "image") -> None:
+    """Reject data over max_bytes (0 = no limit) before anything reads it."""
+    size = len(msg.data)
+    if max_bytes and size > max_bytes:
+        raise ValueError(f"{what} has {size} data bytes, more than max_image_bytes={max_bytes}")
+
+
+def check_rows(msg: Image, row_bytes: int, rows: int, what: str = "") -> None:
+    """The row stride holds a row of pixels, and the data is exactly `rows` strides long."""
+    size, step, width = len(msg.data), int(msg.step), int(msg.width)
     if step < row_bytes:
-        raise ValueError(f"step {step} is smaller than width {width} x {row_bytes // width} bytes per pixel ({encoding})")
-    rows = height * 3 // 2 if encoding in YUV420 else height
+        raise ValueError(f"{what}step {step} is smaller than width {width} x {row_bytes // width} bytes per pixel "
+                         f"({msg.encoding})")
     if size != step * rows:
-        raise ValueError(f"data has {size} bytes, expected step {step} x {rows} rows = {step * rows} ({encoding})")
+        raise ValueError(f"{what}data has {size} bytes, expected step {step} x {rows} rows = {step * rows} ({msg.encoding})")
 
 
 def image_to_rgb(msg: Image, max_side: int = 0, max_bytes: int = 0) -> np.ndarray:

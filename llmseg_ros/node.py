@@ -138,8 +138,7 @@ class SegmentationNode(LifecycleNode):
         self._tracks = TrackServer(self, self._standing, self._goal_problem, lambda: f"track-{next(self._job_ids)}")
         self._image_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(DROP_REPORT_PERIOD, self._report_drops)
-        period = self.get_parameter("diagnostics_period").value
-        period = period if parameters.check("diagnostics_period", period) is None else SPEC["diagnostics_period"].default
+        period = parameters.valid_or_default("diagnostics_period", self.get_parameter("diagnostics_period").value)
         self.create_timer(float(period), self._publish_diagnostics)
         self.parameters.listeners.append(self._on_runtime_change)
 
@@ -467,10 +466,11 @@ class SegmentationNode(LifecycleNode):
         members += [m for m in late if not m.replied]
 
         batching.apply_runtime(model, runtime)
-        answers, batch = batching.query_jobs(model, features, [m.job for m in members if not m.replied])
+        live = [m for m in members if not m.replied]
+        answers, batch = batching.query_jobs(model, features, [m.job for m in live])
         if batch:
             self._stats.batch(batch, cached is None)
-        for member, answer in zip([m for m in members if not m.replied], answers):
+        for member, answer in zip(live, answers):
             job = member.job
             if isinstance(answer, str):
                 self._answer(member, self._status(job, SegmentationResult.BAD_INSTRUCTION, answer, frame))
@@ -485,7 +485,7 @@ class SegmentationNode(LifecycleNode):
             labels, masks = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
             union = spatial.place(result, masks, frame, self._frames, runtime, member.stages) if self._use_depth else None
             self._answer(member, result)
-            self._outputs.extras(result, rgb, labels, union, frame, runtime, self._use_depth)
+            self._outputs.extras(result, rgb, labels, union, frame, runtime)
 
     def _resolve(self, job: Job, runtime: dict[str, Any]) -> Pick:
         """The frame a job is about: its own image, the newest frame when it arrived, the frame its
@@ -666,10 +666,8 @@ def main(args: list[str] | None = None) -> int:
         node = SegmentationNode()
         # Service calls block an executor thread each while they wait (at most max_queue + 1 of
         # them), and so does each running Track goal.
-        queue = node.get_parameter("max_queue").value
-        goals = node.get_parameter("max_track_goals").value
-        threads = (queue if parameters.check("max_queue", queue) is None else SPEC["max_queue"].default) + 4
-        threads += goals if parameters.check("max_track_goals", goals) is None else SPEC["max_track_goals"].default
+        threads = parameters.valid_or_default("max_queue", node.get_parameter("max_queue").value) + 4
+        threads += parameters.valid_or_default("max_track_goals", node.get_parameter("max_track_goals").value)
         executor = MultiThreadedExecutor(num_threads=min(threads, 64))
         executor.add_node(node)
         if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST" and os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"):

@@ -39,13 +39,14 @@ class Outputs:
         self._result.publish(result)
 
     def extras(self, result: SegmentationResult, rgb: Any, labels: Any, union: Any, frame: Frame,
-               settings: dict[str, Any], use_depth: bool) -> None:
-        """mask, overlay, points and markers of an OK answer: each only while someone subscribes."""
+               settings: dict[str, Any]) -> None:
+        """mask, overlay, points and markers of an OK answer: each only while someone subscribes
+        (points and markers only for a frame paired with depth, which only `use_depth` subscribes to)."""
         if self._mask.get_subscription_count():
             self._mask.publish(result.mask)
         if settings["publish_overlay"] and self._overlay.get_subscription_count():
             self._overlay.publish(conversions.rgb_to_image(conversions.overlay(rgb, labels), result.header))
-        if not use_depth or frame.depth is None:
+        if frame.depth is None:
             return
         if union is not None and settings["publish_points"] and self._points.get_subscription_count():
             depth_shape = (int(frame.depth.msg.height), int(frame.depth.msg.width))

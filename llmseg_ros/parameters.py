@@ -177,6 +177,12 @@ def coerce(name: str, value: Any) -> Any:
     raise ValueError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {shown}")
 
 
+def valid_or_default(name: str, value: Any) -> Any:
+    """The value when it passes `check`, else the parameter's default: for the settings read
+    before configure (an executor size, a timer period), where a bad value must not end the node."""
+    return value if check(name, value) is None else SPEC[name].default
+
+
 def check(name: str, value: Any) -> str | None:
     """Why a value is unacceptable for a parameter of this table, or None when it is fine."""
     spec = SPEC[name]

@@ -18,9 +18,10 @@ STATUS_NAMES = ("OK", "EMPTY", "NO_IMAGE", "STALE_IMAGE", "BAD_IMAGE", "BAD_INST
                 "NOT_ACTIVE", "QUEUE_FULL")
 
 
-def status_name(status: int) -> str:
-    """The constant's name for a SegmentationResult status value (e.g. 2 -> 'NO_IMAGE')."""
-    for name in STATUS_NAMES:
+def status_name(status: int, names: tuple[str, ...] = STATUS_NAMES) -> str:
+    """The constant's name for a SegmentationResult status value (e.g. 2 -> 'NO_IMAGE'); `names`:
+    the constants to look in (the depth statuses are a second set)."""
+    for name in names:
         if getattr(SegmentationResult, name) == status:
             return name
     return str(status)

@@ -20,39 +20,30 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from builtin_interfaces.msg import Duration
 from llmseg_interfaces.msg import SegmentationResult, Target3D
+from llmseg_ros import conversions
 from llmseg_ros import depth as geometry
 from llmseg_ros.conversions import PALETTE
 from llmseg_ros.frames import NS, DepthFrame, Frame, FrameStore, stamp_to_ns
+from llmseg_ros.results import status_name
 
 DEPTH_STATUS_NAMES = ("DEPTH_OFF", "DEPTH_OK", "DEPTH_MISSING", "DEPTH_STALE", "DEPTH_BAD", "DEPTH_NO_VALID")
 BYTES_PER_PIXEL = {"16UC1": 2, "mono16": 2, "32FC1": 4}
 
 
-def depth_status_name(status: int) -> str:
-    for name in DEPTH_STATUS_NAMES:
-        if getattr(SegmentationResult, name) == status:
-            return name
-    return str(status)
-
-
 def set_depth_status(result: SegmentationResult, status: int, error: str = "") -> None:
-    result.depth_status, result.depth_status_name, result.depth_error = status, depth_status_name(status), error
+    result.depth_status, result.depth_status_name, result.depth_error = status, status_name(status, DEPTH_STATUS_NAMES), error
 
 
 def check_depth_image(msg: Any, max_bytes: int) -> str:
     """Why a depth image cannot be used, from its header and data length alone ("" when it can)."""
     if msg.encoding not in BYTES_PER_PIXEL:
         return f"unsupported depth encoding {msg.encoding!r}; supported: 16UC1 (mm), 32FC1 (m)"
-    size = len(msg.data)
-    if max_bytes and size > max_bytes:
-        return f"depth image has {size} data bytes, more than max_image_bytes={max_bytes}"
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        return f"depth image is empty ({width}x{height})"
-    if step < width * BYTES_PER_PIXEL[msg.encoding]:
-        return f"depth step {step} is smaller than width {width} x {BYTES_PER_PIXEL[msg.encoding]} bytes"
-    if size != step * height:
-        return f"depth data has {size} bytes, expected step {step} x {height} rows = {step * height}"
+    try:  # the colour images' layout checks
+        conversions.check_data_size(msg, max_bytes, "depth image")
+        conversions.check_size(int(msg.height), int(msg.width), 0, "depth image")
+        conversions.check_rows(msg, int(msg.width) * BYTES_PER_PIXEL[msg.encoding], int(msg.height), "depth ")
+    except ValueError as error:
+        return str(error)
     return ""
 
 
