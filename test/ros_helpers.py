@@ -85,9 +85,21 @@ def interfaces_available() -> bool:
     return True
 
 
-requires_interfaces = pytest.mark.skipif(
-    not interfaces_available(), reason="llmseg_interfaces is not built: run scripts/build_interfaces.sh (make setup)"
-)
+INTERFACES_MISSING = "llmseg_interfaces is not built: run scripts/build_interfaces.sh (make setup)"
+requires_interfaces = pytest.mark.skipif(not interfaces_available(), reason=INTERFACES_MISSING)
+
+
+def skip_module_without_interfaces() -> None:
+    """For a test module that imports the interfaces at its top: a skip, not a collection error."""
+    if not interfaces_available():
+        pytest.skip(INTERFACES_MISSING, allow_module_level=True)
+
+
+def held_out_scene(seed: int) -> Any:
+    """A procedural scene from a seed stream no training split uses."""
+    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
+
+    return generate_scene(ProceduralConfig(), (12345, seed, 0))
 
 
 class NodeProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmseg_model.config import TINY_WEIGHTS_DIR
 from llmseg_model.modeling.instances import InstanceConfig, instance_masks, merge_instances, same_object
 from llmseg_model.modeling.proposals import Proposals
 
@@ -104,10 +103,6 @@ def test_empty_selection_and_bad_input():
         InstanceConfig(containment_threshold=0.0)
 
 
-SHIPPED = TINY_WEIGHTS_DIR / "llmseg" / "llmseg.safetensors"
-
-
-@pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped tiny weights not in the package yet ({SHIPPED})")
 def test_shipped_model_instances_count_objects_not_proposals():
     """The demo's scene: raw selections count every part and duplicate SAM proposed (24 proposals
     for 8 target objects); merged, each answer is within one of its number of targets."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ros_helpers import (
-    active_node, camera_info, centroid_errors, depth_image, PROCEDURAL_K, render_depth,
+    active_node, camera_info, centroid_errors, depth_image, held_out_scene, PROCEDURAL_K, render_depth,
     requires_interfaces, rgb_image, stamp_now,
 )
 
@@ -36,12 +36,6 @@ def depth_node(ros_env, tmp_path_factory):
 
     with active_node(ros_env, folder / "node.log", params, namespace="/depth", timeout=300, ready=depth_publishers) as (node, client):
         yield node, client
-
-
-def held_out_scene(seed: int):
-    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
-
-    return generate_scene(ProceduralConfig(), (12345, seed, 0))  # a seed stream no training split uses
 
 
 def publish(client, sample, depth: np.ndarray | None, encoding: str = "32FC1", depth_offset: float = 0.0,

@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import requires_interfaces, rgb_image
+from ros_helpers import requires_interfaces, skip_module_without_interfaces, rgb_image
 
 pytestmark = requires_interfaces
+skip_module_without_interfaces()  # the imports below need the built interfaces
 
 from builtin_interfaces.msg import Time  # noqa: E402
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from ros_helpers import active_node, requires_interfaces, rgb_image, stamp_now
+from ros_helpers import active_node, held_out_scene, requires_interfaces, rgb_image, stamp_now
 
 pytestmark = [requires_interfaces, pytest.mark.timeout(600)]
 
@@ -414,12 +414,6 @@ def trained_node(ros_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     with active_node(ros_env, folder / "node.log", namespace="/trained", timeout=300) as (node, client):
         yield node, client
-
-
-def held_out_scene(seed: int):
-    from llmseg_model.data.procedural import ProceduralConfig, generate_scene
-
-    return generate_scene(ProceduralConfig(), (12345, seed, 0))  # a seed stream no training split uses
 
 
 @requires_shipped_weights

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from ros_helpers import requires_interfaces
+from ros_helpers import requires_interfaces, skip_module_without_interfaces
 
 pytestmark = requires_interfaces
+skip_module_without_interfaces()  # the imports below need the built interfaces
 
 from llmseg_interfaces.msg import SegmentationResult  # noqa: E402
 from llmseg_ros import diagnostics  # noqa: E402

@@ -39,7 +39,9 @@ def goal_status(name: str) -> int:
 
 
 def stamp_ns(result) -> int:
-    return result.header.stamp.sec * 1_000_000_000 + result.header.stamp.nanosec
+    from llmseg_ros.frames import stamp_to_ns
+
+    return stamp_to_ns(result.header.stamp)
 
 
 def test_feedback_on_new_frames_then_cancel(tracking_node, frames):
