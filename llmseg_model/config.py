@@ -490,8 +490,9 @@ class LLMSegConfig:
         return from_mapping(cls, data)
 
     def save(self, path: str | Path) -> None:
-        """Write as JSON. Weight paths inside the file's parent folder are stored relative to the
-        file's folder, so a weights folder copied elsewhere still loads (`load` resolves them)."""
+        """Write as JSON. Weight paths under the folder above the file's own (a weights folder
+        holding llava/, dinov2/, sam.safetensors and the file's folder llmseg/) are stored relative
+        to the file's folder, so a weights folder copied elsewhere still loads (`load` resolves them)."""
         path = Path(path)
         data = self.to_dict()
         home = path.parent.resolve()
