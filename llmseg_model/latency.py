@@ -13,8 +13,8 @@ busy machine slows them alike and the ratios stay comparable:
   proposals/<mode>    everything mode + top-K + RLE + low-res copies (ProposalGenerator), for each
                       proposal mode (ProposalConfig overrides), with the prompts it decoded
   dinov2              DINOv2 patch features of the frame
-  prepare/<mode>      the whole LLMSeg.prepare with that proposal mode (needs LLaVA weights: not
-                      with --random-weights)
+  prepare/<mode>      the whole LLMSeg.prepare with that proposal mode (with --random-weights the
+                      preset mode only, on a random LLaVA; --no-prepare leaves it out)
 
 Per instruction (`instructions` > 0), on frames prepared with the preset's proposal mode, each
 frame's instructions answered every way, interleaved:
@@ -30,8 +30,10 @@ frame's instructions answered every way, interleaved:
 
 with ratios to the lower bound, and batch_N's whole time to batch_1's. With --random-weights the
 LLaVA is random too, of the `llava` shape (TinyLlavaConfig fields; the paper default is a small
-Llama with the 7B's head width and vocabulary and a CLIP giving 256 image tokens), and frames get
-synthetic proposals instead of a SAM pass.
+Llama with the 7B's head width and vocabulary and a CLIP giving 256 image tokens; --llava-full
+builds the 7B itself, on the device, for a GPU), and the instruction half's frames get synthetic
+proposals instead of a SAM pass (random SAM weights keep almost none). On CUDA the report adds the
+GPU memory allocated and its peak after building, after the frame half and after the instructions.
 
 With --recall-scenes N, each proposal mode's best-proposal IoU per object and recall@0.5 on N
 held-out procedural scenes (meaningful with trained SAM weights only). Shapes of random models come
@@ -48,7 +50,8 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,7 +87,7 @@ DEFAULT_MODES = {
         "dense_grid_stock": {"sampling": "grid", "points_per_side": 32, "engine": "segment_anything"},
     },
 }
-DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024)}
+DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024), "paper_llava15": (768, 1024)}
 # Random LLaVA shapes (TinyLlavaConfig fields) for instruction timing without weights. The paper's
 # is a 7B-like Llama cut to 6 layers of width 768 with the 7B's head width (128) and vocabulary, and a
 # 2-layer CLIP-L giving LLaVA-v1's 256 image tokens: the token counts and per-token work that
@@ -97,6 +100,14 @@ RANDOM_LLAVA = {
         "vocab_size": 32004,
     },
 }
+# LLaVA-v1.5's CLIP-L/14 at 336 px: 576 image tokens.
+RANDOM_LLAVA["paper_llava15"] = {**RANDOM_LLAVA["paper"], "image_size": 336}
+# `llava_full`: the 7B itself (a Vicuna / LLaMA-7B of 32 layers of width 4096, all of CLIP ViT-L/14's
+# 24 layers) at the preset's image size: about 7 billion parameters, for a GPU.
+LLAVA_7B = {
+    "vision_layers": 24, "text_hidden": 4096, "text_layers": 32, "text_heads": 32, "text_intermediate": 11008,
+    "max_positions": 4096,
+}
 CLOCKS = ("wall", "process")
 RECALL_SPLITS = ("val", "test")  # held out: never the train split
 
@@ -107,7 +118,7 @@ class LatencyConfig:
 
     preset: str = "tiny"  # tiny | paper | paper_llava15, or a saved llmseg_config.json
     model: dict = field(default_factory=dict)  # nested overrides of LLMSegConfig, on the preset's values
-    random_weights: bool = False  # random SAM and DINOv2 of the configured shapes (no prepare: it needs LLaVA weights)
+    random_weights: bool = False  # random SAM, DINOv2 and LLaVA of the configured shapes, no weights read
     dinov2: dict = field(default_factory=dict)  # Dinov2Config overrides for random weights, e.g. {num_hidden_layers: 2}
     modes: dict = field(default_factory=dict)  # proposal mode name -> ProposalConfig overrides; empty: the preset's DEFAULT_MODES
     # Proposal modes in the short form NAME[:key=value,...] (e.g. refine5:points_per_side=5); given,
@@ -122,6 +133,10 @@ class LatencyConfig:
     instructions: int = bounded(8, ge=0)  # instructions per frame for the per-instruction half (0: skip it)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])  # query_batch sizes measured (<= instructions)
     llava: dict = field(default_factory=dict)  # TinyLlavaConfig overrides of RANDOM_LLAVA's shape, for random weights
+    llava_full: bool = False  # random weights: the LLaVA at the 7B's full shape (LLAVA_7B), not RANDOM_LLAVA's CPU cut
+    # Time the whole LLMSeg.prepare per mode (with random weights: the preset mode only, on the random
+    # LLaVA, with SAM's own proposals); off, only its parts are timed.
+    prepare: bool = True
     recall_split: str = one_of("val", RECALL_SPLITS)  # the held-out split of the recall scenes
     device: str = "cpu"  # torch device, e.g. cuda
     clock: str = one_of("wall", CLOCKS)  # wall, or process: this process's CPU time (steadier on a shared CPU)
@@ -205,12 +220,13 @@ def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
     dtype = vlm_dtype(model_config.features.dtype, config.device.startswith("cuda"), "features.dtype")
     if config.random_weights:
         torch.manual_seed(config.seed)
-        sam = build_sam(model_config.sam)
-        dinov2 = Dinov2Model(_random_dinov2_config(config, model_config))
-        if model_config.features.pos_embed == "hub":  # as load_dinov2 sets it up
-            hub = HubInterpolationEmbeddings(dinov2.config)
-            hub.load_state_dict(dinov2.embeddings.state_dict())
-            dinov2.embeddings = hub
+        with building_on(config.device):  # initialised where they run: ViT-H alone is 2.5 GB
+            sam = build_sam(model_config.sam)
+            dinov2 = Dinov2Model(_random_dinov2_config(config, model_config))
+            if model_config.features.pos_embed == "hub":  # as load_dinov2 sets it up
+                hub = HubInterpolationEmbeddings(dinov2.config)
+                hub.load_state_dict(dinov2.embeddings.state_dict())
+                dinov2.embeddings = hub
         dinov2 = dinov2.to(dtype)
     else:
         if not model_config.weights.sam_checkpoint or not model_config.weights.dinov2_path:
@@ -239,10 +255,29 @@ def _random_dinov2_config(config: LatencyConfig, model_config: LLMSegConfig) -> 
     return dinov2
 
 
-def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]) -> dict[str, Any]:
-    """One LLMSeg per proposal mode (the whole `prepare`); empty with random weights."""
-    if config.random_weights:
+@contextmanager
+def building_on(device: str, dtype: Any = None) -> Iterator[None]:
+    """New modules' parameters created (and randomly initialised) on `device`, in `dtype` when
+    given: a 7B model built on the CPU in float32 first would take 28 GB and minutes."""
+    import torch
+
+    default = torch.get_default_dtype()
+    try:
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig], parts: tuple[Any, Any]) -> dict[str, Any]:
+    """One LLMSeg per proposal mode (the whole `prepare`). With random weights only the preset
+    mode's, on a random LLaVA around `parts` (build_random_model), since that takes one LLaVA."""
+    if not config.prepare:
         return {}
+    if config.random_weights:
+        return {"preset": build_random_model(config, parts, modes["preset"])} if "preset" in modes else {}
     from llmseg_model.modeling.model import LLMSeg
 
     models = {}
@@ -254,15 +289,21 @@ def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]
 
 
 def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any], parts: tuple[Any, Any]) -> Any:
-    """The LLMSeg whose instructions are timed: the preset-mode model when weights are given, else
-    one of random parts around the frame half's SAM and DINOv2 (`parts`, from build_parts; SAM
-    never runs here: frames get synthetic proposals)."""
+    """The LLMSeg whose instructions are timed: the preset-mode model when there is one, else the
+    preset's model from its weights, or one of random parts (build_random_model)."""
     if "preset" in prepare_models:
         return prepare_models["preset"]
     if not config.random_weights:
         from llmseg_model.modeling.model import LLMSeg
 
         return LLMSeg.from_config(config.model_config(), device=config.device)
+    return build_random_model(config, parts, config.model_config().proposals)
+
+
+def build_random_model(config: LatencyConfig, parts: tuple[Any, Any], proposals: ProposalConfig) -> Any:
+    """An LLMSeg of random weights around the frame half's SAM and DINOv2 (`parts`, from
+    build_parts): a random LLaVA of the preset's RANDOM_LLAVA shape (LLAVA_7B with `llava_full`)
+    built on the device in its run-time dtype, a word-level tokenizer, random fusion heads."""
     import torch
 
     from llmseg_model.data.procedural import vocabulary_texts
@@ -272,13 +313,13 @@ def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any], par
     from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, train_tokenizer
 
     model_config = config.model_config()
+    model_config.proposals = proposals
     sam, features = parts
-    shape = {**RANDOM_LLAVA.get(config.preset, {}), **config.llava}
-    sizes = TinyLlavaConfig(**shape)
+    shape = {**RANDOM_LLAVA.get(config.preset, {}), **(LLAVA_7B if config.llava_full else {}), **config.llava}
     torch.manual_seed(config.seed)
     tokenizer = train_tokenizer(vocabulary_texts(), model_config.vlm)
-    llava, processor = build_tiny_llava(tokenizer, sizes)
-    llava = llava.to(vlm_dtype(model_config.vlm.dtype, config.device.startswith("cuda")))
+    with building_on(config.device, vlm_dtype(model_config.vlm.dtype, config.device.startswith("cuda"))):
+        llava, processor = build_tiny_llava(tokenizer, TinyLlavaConfig(**shape))
     vlm = SegVLM(llava, tokenizer, processor, model_config.vlm)
     model = LLMSeg(model_config, ProposalGenerator(sam, model_config.proposals), features, vlm)
     return model.to(config.device).eval()
@@ -366,10 +407,11 @@ def sam_encoder_seconds(sam: Sam, image: np.ndarray, clock: Clock) -> float:
         return clock.seconds(lambda: sam.image_encoder(pixels))[0]
 
 
-def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clock) -> tuple[float, int]:
-    """Everything mode as `prepare` runs it; returns the seconds and the prompts decoded."""
-    seconds, (_, prompts) = clock.seconds(lambda: generator.propose(image))
-    return seconds, prompts
+def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clock) -> tuple[float, int, int]:
+    """Everything mode as `prepare` runs it; returns the seconds, the prompts decoded and the
+    proposals kept (random SAM weights keep few: post-processing then costs little)."""
+    seconds, (proposals, prompts) = clock.seconds(lambda: generator.propose(image))
+    return seconds, prompts, proposals.count
 
 
 def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, clock: Clock) -> float:
@@ -459,21 +501,23 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    memory = GpuMemory(config.device)
     modes = config.mode_configs()
     sam, features = build_parts(config)
     generators = {name: ProposalGenerator(sam, proposals) for name, proposals in modes.items()}
-    models = build_prepare_models(config, modes)
+    models = build_prepare_models(config, modes, (sam, features))
+    memory.mark("models")
     images = frames(config)
     clock = Clock(config.device, config.clock)
     samples: dict[str, list[float]] = {}
-    prompts: dict[str, list[int]] = {}
+    prompts: dict[str, list[tuple[int, int]]] = {}
     stages: dict[str, dict[str, list[float]]] = {}
     steps = [(i, image) for i in range(config.iterations) for image in images]
     for step, (_, image) in enumerate(tqdm(steps, desc="latency", unit="frame", disable=not config.progress)):
         measured: dict[str, float] = {"sam_encoder": sam_encoder_seconds(sam, image, clock)}
         for name, generator in generators.items():
-            measured[f"proposals/{name}"], count = proposal_seconds(generator, image, clock)
-            prompts.setdefault(name, []).append(count)
+            measured[f"proposals/{name}"], count, kept = proposal_seconds(generator, image, clock)
+            prompts.setdefault(name, []).append((count, kept))
         measured["dinov2"] = dinov2_seconds(features, image, clock)
         for name, model in models.items():
             measured[f"prepare/{name}"], timings = prepare_seconds(model, image, clock)
@@ -483,9 +527,13 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
         if step >= config.warmup:
             for key, seconds in measured.items():
                 samples.setdefault(key, []).append(seconds)
+    memory.mark("frames")
     if config.instructions:
         instruction_samples(config, build_query_model(config, models, (sam, features)), images, clock, samples)
+        memory.mark("instructions")
     report = latency_report(config, samples, prompts, stages)
+    if memory.marks:
+        report["gpu_memory_gib"] = memory.marks
     if config.recall_scenes:
         report["recall"] = recall_per_mode(sam, modes, config)
     write_report(report, config.output_dir)
@@ -500,8 +548,8 @@ def instruction_samples(config: LatencyConfig, model: Any, images: list[np.ndarr
     for step, (_, f) in enumerate(tqdm(steps, desc="latency (instructions)", unit="frame", disable=not config.progress)):
         proposals = synthetic_proposals(images[f], 24, model.config.proposals) if config.random_weights else None
         frame = model.prepare(images[f], proposals=proposals)
-        measured = {
-            "frame/prompt_prefix": frame.timings["prompt_prefix"],
+        measured = {f"frame/{stage}": seconds for stage, seconds in frame.timings.items()}  # proposals given: not timed
+        measured |= {
             "instruction/plain": plain_instruction_seconds(model, frame, texts[f][0], clock),
             "instruction/lower_bound": lower_bound_seconds(model, frame, texts[f][0], clock),
             "instruction/llm": llm_seconds(model, frame, texts[f][0], clock),
@@ -513,10 +561,33 @@ def instruction_samples(config: LatencyConfig, model: Any, images: list[np.ndarr
                 samples.setdefault(key, []).append(seconds)
 
 
+class GpuMemory:
+    """CUDA memory at the run's milestones: what is allocated there (weights and caches held) and
+    the peak so far (the largest working set), in GiB; nothing on a CPU."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device) if device.startswith("cuda") else None
+        self.marks: dict[str, dict[str, float]] = {}
+        if self.device is not None:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def mark(self, name: str) -> None:
+        import torch
+
+        if self.device is not None:
+            gib = 1024.0**3
+            self.marks[name] = {
+                "allocated": torch.cuda.memory_allocated(self.device) / gib,
+                "peak": torch.cuda.max_memory_allocated(self.device) / gib,
+            }
+
+
 def latency_report(
     config: LatencyConfig,
     samples: dict[str, list[float]],
-    prompts: dict[str, list[int]],
+    prompts: dict[str, list[tuple[int, int]]],
     stages: dict[str, dict[str, list[float]]],
 ) -> dict[str, Any]:
     """Statistics of every measured quantity and its ratio to the SAM encoder's median."""
@@ -532,7 +603,8 @@ def latency_report(
             stats["ratio_to_lower_bound"] = float(np.median(values)) / bound
         mode = key.split("/", 1)[1] if "/" in key else None
         if key.startswith("proposals/"):
-            stats["prompts_per_frame"] = float(np.mean(prompts[mode]))
+            stats["prompts_per_frame"] = float(np.mean([p for p, _ in prompts[mode]]))
+            stats["proposals_per_frame"] = float(np.mean([k for _, k in prompts[mode]]))
         if key.startswith("prepare/"):
             stats["stages"] = {stage: latency_stats(v) for stage, v in stages.get(mode, {}).items()}
         quantities[key] = stats
@@ -580,16 +652,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"Preset `{report['preset']}`, {width}x{height} frames, on {where}; {report['config']['clock']} clock, "
         "medians of interleaved runs.",
         "",
-        "| quantity | median ms | p95 ms | x encoder | prompts | n |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| quantity | median ms | p95 ms | x encoder | prompts | proposals | n |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, stats in report["quantities"].items():
         if key.startswith("instruction/"):
             continue
-        prompts = stats.get("prompts_per_frame")
+        prompts, kept = stats.get("prompts_per_frame"), stats.get("proposals_per_frame")
         lines.append(
             f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats['ratio_to_encoder']:.1f} | "
-            f"{'-' if prompts is None else f'{prompts:.0f}'} | {stats['count']} |"
+            f"{'-' if prompts is None else f'{prompts:.0f}'} | {'-' if kept is None else f'{kept:.1f}'} | {stats['count']} |"
         )
     instructions = {k: v for k, v in report["quantities"].items() if k.startswith("instruction/")}
     if instructions:
@@ -606,6 +678,10 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats.get('ratio_to_lower_bound', float('nan')):.2f} | "
                 f"{'-' if over_one is None else f'{over_one:.2f}'} |"
             )
+    if report.get("gpu_memory_gib"):
+        lines += ["", "GPU memory (GiB; allocated at each point, and the peak so far):", "", "| after | allocated | peak |", "|---|---:|---:|"]
+        for name, gib in report["gpu_memory_gib"].items():
+            lines.append(f"| {name} | {gib['allocated']:.2f} | {gib['peak']:.2f} |")
     if report.get("recall"):
         split = report["config"]["recall_split"]
         lines += [

@@ -96,6 +96,32 @@ def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_wei
     assert quantities["instruction/lower_bound"]["ratio_to_lower_bound"] == 1.0
     assert quantities["instruction/batch_1"]["batch_over_one"] == 1.0 and quantities["instruction/batch_2"]["batch_over_one"] > 0
     assert quantities["frame/prompt_prefix"]["median_ms"] > 0
+    # The whole prepare is timed for random weights too (a random LLaVA, SAM's own proposals).
+    assert quantities["prepare/preset"]["count"] == 1 and quantities["proposals/preset"]["proposals_per_frame"] >= 0
     assert "| instruction/batch_2 |" in (tmp_path / "latency.md").read_text()
+    assert "gpu_memory_gib" not in json.loads((tmp_path / "latency.json").read_text())  # CUDA only
     with pytest.raises(ValueError, match="batch_sizes"):
         LatencyConfig(instructions=2, batch_sizes=[1, 4])
+
+
+def test_random_llava_shapes_compose_and_build_in_the_run_time_dtype():
+    """--llava-full puts the 7B's layer sizes over the preset's CPU shape (image size kept), --llava
+    overrides either, and the model is built directly in its dtype without leaving it as torch's
+    default."""
+    import torch
+
+    config = LatencyConfig(
+        preset="paper", random_weights=True, llava_full=True, instructions=0,
+        llava={"text_hidden": 64, "text_layers": 1, "text_heads": 2, "text_intermediate": 128, "vision_layers": 1, "vision_hidden": 32, "vision_heads": 2},
+        model={"vlm": {"dtype": "bfloat16"}, "sam": {"encoder_depth": 1, "encoder_global_attn_indexes": [0], "encoder_embed_dim": 32, "prompt_embed_dim": 32}},
+        dinov2={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2},
+    )
+    model = latency.build_random_model(config, latency.build_parts(config), config.model_config().proposals)
+    llava = model.vlm.llava
+    text, vision = llava.config.text_config, llava.config.vision_config
+    assert text.num_hidden_layers == 1 and text.hidden_size == 64 and text.vocab_size >= 32004
+    assert vision.image_size == 224 and vision.patch_size == 14  # LLaVA-v1's 256 image tokens
+    assert {p.dtype for name, p in llava.named_parameters() if "lora_" not in name} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    assert latency.RANDOM_LLAVA["paper_llava15"]["image_size"] == 336
+    assert {**latency.RANDOM_LLAVA["paper"], **latency.LLAVA_7B}["text_layers"] == 32
