@@ -9,6 +9,7 @@ the reasons in its message.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,7 @@ def diagnostic_array(health: Health, stamp: Any) -> DiagnosticArray:
         "batches": stats.get("batches", 0),
         "instructions batched": stats.get("batched", 0),
         "frames lost in transport": stats.get("frames_lost", 0),
+        "interpreter switch interval (s)": f"{sys.getswitchinterval():g}",  # gil_switch_interval, as applied
         "rejected (QUEUE_FULL)": stats.get("by_status", {}).get("QUEUE_FULL", 0),
         "bad input (BAD_IMAGE, BAD_INSTRUCTION)": sum(stats.get("by_status", {}).get(status_name(s), 0) for s in BAD_INPUT),
     }

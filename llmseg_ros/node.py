@@ -38,6 +38,7 @@ from typing import Any, Callable
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -580,7 +581,10 @@ class SegmentationNode(LifecycleNode):
                          bounded=False)
 
     def _on_runtime_change(self, names: set[str]) -> None:
-        """The standing_instructions parameter: one task per entry, results on `result`."""
+        """Runtime settings applied outside the model: the interpreter's switch interval, and the
+        standing_instructions parameter (one task per entry, results on `result`)."""
+        if "gil_switch_interval" in names:
+            sys.setswitchinterval(self.parameters["gil_switch_interval"])
         if not names & {"standing_instructions", "standing_rate"}:
             return
         try:
@@ -645,12 +649,18 @@ class SegmentationNode(LifecycleNode):
 
 def spin(executor: MultiThreadedExecutor, node: SegmentationNode) -> None:
     """Spin until shutdown, outliving exceptions that escape callbacks (rclpy's own services raise
-    on some malformed requests, e.g. a parameter value of an unknown type): log, count, go on."""
+    on some malformed requests, e.g. a parameter value of an unknown type): log, count, go on.
+
+    An InvalidHandle is rclpy's executor meeting an entity destroyed while it built its wait set
+    (the image subscriptions go on deactivate; ros2/rclpy#1206): it skips the entity when entering it
+    but still adds it to the wait set, before waiting, so nothing was taken and the next turn goes on."""
     while executor.context.ok():
         try:
             executor.spin_once(timeout_sec=0.5)
         except (KeyboardInterrupt, ExternalShutdownException):
             raise
+        except InvalidHandle:
+            node.get_logger().debug("an entity was destroyed while the executor built its wait set; going on")
         except Exception:
             node.callback_failures += 1
             node.get_logger().error(

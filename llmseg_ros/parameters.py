@@ -141,6 +141,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("standing_instructions", [], "instructions answered on new frames (at most standing_rate) while active, "
          "results on `result` with ids standing-0, standing-1, ...", RUNTIME, list, 0, 32),
     _f("standing_rate", 1.0, 0.0, 1000.0, "answers per second at most for standing_instructions (0 = every frame)"),
+    _f("gil_switch_interval", 0.0002, 0.00001, 0.1, "seconds a Python thread runs before others may take the "
+       "interpreter (sys.setswitchinterval, for the whole process; Python's default is 0.005). Inference holds the "
+       "interpreter between torch calls; at 0.005 the image callbacks wait so long that best-effort frames are "
+       "lost in transport"),
     _f("image_stamp_wait", 0.5, 0.0, 10.0, "seconds to wait for a frame named by an image_stamp newer than every "
        "frame received"),
     _i("max_image_side", 4096, 0, 65535, "images with a longer side are BAD_IMAGE (0 = no limit)"),

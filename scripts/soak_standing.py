@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "test"))
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between reports")
     parser.add_argument("--no-depth", action="store_true", help="colour only (use_depth false)")
     parser.add_argument("--threads", type=int, default=1, help="the node's torch threads (num_threads)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a further node parameter (value read as YAML), e.g. gil_switch_interval=0.005")
     args = parser.parse_args(argv)
 
     from llmseg_model.data.procedural import ProceduralConfig, generate_scene
@@ -59,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             depth[mask > 0] = 0.8 + 0.25 * k
         depths.append(depth)
     params = {"use_depth": not args.no_depth, "num_threads": args.threads}
+    for item in args.param:
+        name, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"--param {item!r}: expected NAME=VALUE")
+        params[name] = yaml.safe_load(value)
     with tempfile.TemporaryDirectory() as folder:
         node = NodeProcess(env, Path(folder) / "node.log", params=params, namespace="/soak")
         client = RosClient(namespace="/soak")

@@ -217,6 +217,14 @@ def test_diagnostics_report_health(depth_node):
     for stage in ("queue", "proposals", "llm", "total", "depth"):
         assert float(values[f"{stage} p50 (s)"]) <= float(values[f"{stage} p95 (s)"])
     assert "rejected (QUEUE_FULL)" in values and "frames lost in transport" in values
+    # The node's interpreter runs with gil_switch_interval (its default, then a value set at run time).
+    assert float(values["interpreter switch interval (s)"]) == pytest.approx(0.0002)
+    assert client.set_parameters(gil_switch_interval=0.001)[0].successful
+    assert not client.set_parameters(gil_switch_interval=0.0)[0].successful  # out of range: refused, kept
+    seen = client.diagnostics_count
+    client.wait_for(lambda: client.diagnostics_count >= seen + 2, 30, "diagnostics after the change")
+    assert float(values_of(client.diagnostics[-1])["interpreter switch interval (s)"]) == pytest.approx(0.001)
+    assert client.set_parameters(gil_switch_interval=0.0002)[0].successful
 
     # No frames for a while: WARN, saying so.
     client.wait_for(lambda: client.diagnostics and "no image for" in client.diagnostics[-1].message, 30,
