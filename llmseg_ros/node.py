@@ -17,8 +17,9 @@ masks, overlays, points and markers go out through llmseg_ros.outputs. With `use
 is placed in 3D (llmseg_ros.spatial); standing instructions (the Track action and the
 `standing_instructions` parameter, llmseg_ros.standing) are answered again on new frames; health
 goes to /diagnostics (llmseg_ros.diagnostics). Every callback is guarded and the spin loop
-outlives exceptions raised inside rclpy's own services: no message and no accepted parameter value
-may end the process.
+(llmseg_ros.spinning) outlives exceptions raised inside rclpy's own services: no message and no
+accepted parameter value may end the process. `gil_switch_interval` keeps the worker's Python from
+starving the executor threads that take the frames.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from typing import Any, Callable
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -56,6 +56,7 @@ from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_
 from llmseg_ros.outputs import Outputs
 from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
+from llmseg_ros.spinning import spin
 from llmseg_ros.standing import StandingTask, StandingTasks, TrackServer
 from llmseg_ros.worker import Worker
 
@@ -645,27 +646,6 @@ class SegmentationNode(LifecycleNode):
             stats=self._stats.snapshot(),
         )
         self._diagnostics_pub.publish(diagnostics.diagnostic_array(health, self.get_clock().now().to_msg()))
-
-
-def spin(executor: MultiThreadedExecutor, node: SegmentationNode) -> None:
-    """Spin until shutdown, outliving exceptions that escape callbacks (rclpy's own services raise
-    on some malformed requests, e.g. a parameter value of an unknown type): log, count, go on.
-
-    An InvalidHandle is rclpy's executor meeting an entity destroyed while it built its wait set
-    (the image subscriptions go on deactivate; ros2/rclpy#1206): it skips the entity when entering it
-    but still adds it to the wait set, before waiting, so nothing was taken and the next turn goes on."""
-    while executor.context.ok():
-        try:
-            executor.spin_once(timeout_sec=0.5)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            raise
-        except InvalidHandle:
-            node.get_logger().debug("an entity was destroyed while the executor built its wait set; going on")
-        except Exception:
-            node.callback_failures += 1
-            node.get_logger().error(
-                f"a callback raised (#{node.callback_failures}); the node goes on:\n{traceback.format_exc()}"
-            )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ from rclpy.executors import MultiThreadedExecutor
 
 from ros_helpers import skip_module_without_interfaces
 
-skip_module_without_interfaces()  # llmseg_ros.node imports the built interfaces
+skip_module_without_interfaces()  # the node package needs the built interfaces
 
-from llmseg_ros.node import spin  # noqa: E402
+from llmseg_ros.spinning import spin  # noqa: E402
 
 
 class FailingExecutor(MultiThreadedExecutor):
