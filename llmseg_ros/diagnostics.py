@@ -80,6 +80,7 @@ class Health:
     queue: int
     max_queue: int
     frame_age: float | None  # seconds since the newest colour frame arrived (None: none yet)
+    frame_stamp_ns: int | None  # that frame's header stamp (None: none yet)
     depth_enabled: bool
     depth_age: float | None
     camera_info: bool
@@ -136,6 +137,7 @@ def diagnostic_array(health: Health, stamp: Any) -> DiagnosticArray:
         "standing instructions": health.standing,
         "track goals": health.goals,
         "frame age (s)": _age(health.frame_age),
+        "newest frame stamp (s)": "none yet" if health.frame_stamp_ns is None else f"{health.frame_stamp_ns / 1e9:.9f}",
         "depth": "on" if health.depth_enabled else "off",
         "depth age (s)": _age(health.depth_age) if health.depth_enabled else "off",
         "camera info": ("received" if health.camera_info else "none") if health.depth_enabled else "off",

@@ -639,6 +639,7 @@ class SegmentationNode(LifecycleNode):
             queue=worker.queued() if worker is not None else 0,
             max_queue=worker.max_queue if worker is not None else self.get_parameter("max_queue").value,
             frame_age=now - newest.received if newest is not None else None,
+            frame_stamp_ns=newest.stamp_ns if newest is not None else None,
             depth_enabled=self._use_depth, depth_age=now - depth.received if depth is not None else None,
             camera_info=store.camera_info is not None,
             standing=len(self._standing.tasks("parameter")), goals=len(self._standing.tasks("action")),

@@ -212,6 +212,7 @@ def test_diagnostics_report_health(depth_node):
     assert values["preset"] == "tiny" and values["queue depth"] == "0" and values["max_queue"] == "8"
     assert values["depth"] == "on" and values["camera info"] == "received"
     assert float(values["frame age (s)"]) >= 0 and float(values["depth age (s)"]) >= 0
+    assert values["newest frame stamp (s)"].count(".") == 1 and float(values["newest frame stamp (s)"]) > 0
     assert int(values["proposal passes"]) >= 1 and int(values["batches"]) >= int(values["proposal passes"])
     assert int(values["results OK"]) >= 1 and int(values["bad input (BAD_IMAGE, BAD_INSTRUCTION)"]) >= 0
     for stage in ("queue", "proposals", "llm", "total", "depth"):

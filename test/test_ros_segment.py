@@ -254,15 +254,15 @@ def test_hd_result_with_50_instances_fits_the_transport(untrained_node):
 _holds = itertools.count()
 
 
-def while_worker_held(client, send, attempts: int = 3):
+def while_worker_held(client, send, attempts: int = 3, hold: float = 8.0):
     """Call send(attempt) while the node's worker is held, and return what it returns.
 
     The worker is held by an instruction naming a frame an hour ahead: it waits image_stamp_wait
-    (set to 8 s here) for that frame and answers NO_IMAGE, so whatever send() publishes meanwhile
-    is queued. Held is checked, not assumed: if the hold's answer came before send() was done (a
-    very slow machine), the attempt does not count and is made again.
+    (set to `hold` seconds here) for that frame and answers NO_IMAGE, so whatever send() publishes
+    meanwhile is queued. Held is checked, not assumed: if the hold's answer came before send() was
+    done (a very slow machine), the attempt does not count and is made again.
     """
-    assert client.set_parameters(image_stamp_wait=8.0)[0].successful
+    assert client.set_parameters(image_stamp_wait=hold)[0].successful
     try:
         for attempt in range(attempts):
             hold = f"hold-{next(_holds)}"
@@ -346,16 +346,33 @@ def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
     node, client = untrained_node
     frames = {}
 
-    def send(attempt: int) -> list[str]:
+    def diagnosed(key: str) -> str:
+        return {kv.key: kv.value for kv in client.diagnostics[-1].values}[key] if client.diagnostics else ""
+
+    def node_has(frame) -> None:
+        """Until /diagnostics shows `frame` as the node's newest: images and instructions come on
+        different topics, and DDS keeps no order between them."""
+        stamp = f"{frame.header.stamp.sec + frame.header.stamp.nanosec / 1e9:.9f}"
+        client.wait_for(lambda: diagnosed("newest frame stamp (s)") == stamp, 30, f"{frame.header.frame_id} at the node")
+
+    def send(attempt: int, ordered: bool = True) -> list[str]:
         frames["a"] = rgb_image(scene(seed=14), frame_id="frame_a")
         client.publish_image(frames["a"])
+        if ordered:
+            node_has(frames["a"])
+        seen = client.diagnostics_count
         client.instruct(f"bind-{attempt}-a", "the red ball")
+        if ordered:  # queued (so bound) before frame b is sent
+            client.wait_for(lambda: client.diagnostics_count > seen and diagnosed("queue depth") == "1", 30,
+                            "the first instruction queued")
         frames["b"] = rgb_image(scene(seed=15), frame_id="frame_b")
         client.publish_image(frames["b"])
+        if ordered:
+            node_has(frames["b"])
         client.instruct(f"bind-{attempt}-b", "the red ball")
         return [f"bind-{attempt}-a", f"bind-{attempt}-b"]
 
-    first, second = (client.wait_result(i, timeout=180) for i in while_worker_held(client, send))
+    first, second = (client.wait_result(i, timeout=180) for i in while_worker_held(client, send, hold=10.0))
     check_answer(first, 96, 128)
     check_answer(second, 96, 128)
     assert (first.header.frame_id, second.header.frame_id) == ("frame_a", "frame_b")
@@ -363,7 +380,7 @@ def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
 
     assert client.set_parameters(frame_binding="worker")[0].successful
     try:
-        ids = while_worker_held(client, lambda attempt: send(attempt + 10))
+        ids = while_worker_held(client, lambda attempt: send(attempt + 10, ordered=False))
         first, second = (client.wait_result(i, timeout=180) for i in ids)
     finally:
         assert client.set_parameters(frame_binding="arrival")[0].successful

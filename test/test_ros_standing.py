@@ -88,8 +88,8 @@ def test_preemption_and_removal_drop_what_is_in_flight():
 
 def health(**changes) -> diagnostics.Health:
     values = dict(name="llmseg: /llmseg", state="active", model="loaded", model_error="", device="cpu", preset="tiny",
-                  queue=0, max_queue=16, frame_age=0.05, depth_enabled=False, depth_age=None, camera_info=False,
-                  standing=0, goals=0, stale_after=2.0, frames_lost_recently=0, stats={})
+                  queue=0, max_queue=16, frame_age=0.05, frame_stamp_ns=None, depth_enabled=False, depth_age=None,
+                  camera_info=False, standing=0, goals=0, stale_after=2.0, frames_lost_recently=0, stats={})
     values.update(changes)
     return diagnostics.Health(**values)
 
