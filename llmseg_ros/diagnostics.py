@@ -137,7 +137,7 @@ def diagnostic_array(health: Health, stamp: Any) -> DiagnosticArray:
         "standing instructions": health.standing,
         "track goals": health.goals,
         "frame age (s)": _age(health.frame_age),
-        "newest frame stamp (s)": "none yet" if health.frame_stamp_ns is None else f"{health.frame_stamp_ns / 1e9:.9f}",
+        "newest frame stamp (s)": "none yet" if health.frame_stamp_ns is None else _stamp(health.frame_stamp_ns),
         "depth": "on" if health.depth_enabled else "off",
         "depth age (s)": _age(health.depth_age) if health.depth_enabled else "off",
         "camera info": ("received" if health.camera_info else "none") if health.depth_enabled else "off",
@@ -159,6 +159,11 @@ def diagnostic_array(health: Health, stamp: Any) -> DiagnosticArray:
     array = DiagnosticArray(status=[status])
     array.header.stamp = stamp
     return array
+
+
+def _stamp(ns: int) -> str:
+    """A stamp as seconds with all nine decimals, exactly (a float would round the nanoseconds)."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
 def _age(age: float | None) -> str:

@@ -126,6 +126,9 @@ class StandingTasks:
             return True
 
 
+CANCEL_POLL = 0.02  # seconds between a running goal's looks at its cancel request
+
+
 class TrackServer:
     """The Track action: one StandingTask per goal, each answer sent as feedback, and a summary
     for every goal, including one that cannot run (it ends at once with the status saying why)."""
@@ -133,7 +136,6 @@ class TrackServer:
     def __init__(self, node: Node, tasks: StandingTasks, problem: Callable[[Any], tuple[int, str] | None],
                  new_id: Callable[[], str]) -> None:
         self._node, self._tasks, self._problem, self._new_id = node, tasks, problem, new_id
-        self._by_goal: dict[bytes, StandingTask] = {}
         # Each running goal waits in its execute callback, on an executor thread of its own.
         self._server = ActionServer(
             node, Track, "track", execute_callback=self._execute, goal_callback=lambda goal: GoalResponse.ACCEPT,
@@ -155,25 +157,27 @@ class TrackServer:
             goal_handle.publish_feedback(Track.Feedback(result=result))
 
         task = StandingTask(task_id, goal.text, goal.phrase, goal.rate, feedback)
-        key = bytes(goal_handle.goal_id.uuid)
-        self._by_goal[key] = task
         logger = self._node.get_logger()
-        try:
-            problem = self._problem(goal)
-            if problem is not None:
-                task.end(problem[1], problem[0])
-                logger.warning(f"Track goal {task_id!r} not run: {problem[1]}")
-            else:
-                for old in self._tasks.add(task):
-                    old.end(f"preempted by a new goal with id {task_id!r}")
-                logger.info(f"tracking {task_id!r}: {goal.text!r} at {goal.rate or 'every frame'} Hz")
+        problem = self._problem(goal)
+        if problem is not None:
+            task.end(problem[1], problem[0])
+            logger.warning(f"Track goal {task_id!r} not run: {problem[1]}")
+        else:
+            for old in self._tasks.add(task):
+                old.end(f"preempted by a new goal with id {task_id!r}")
+            logger.info(f"tracking {task_id!r}: {goal.text!r} at {goal.rate or 'every frame'} Hz")
+            deadline = time.monotonic() + goal.duration if goal.duration > 0 else math.inf
+            # This thread watches for a cancel request: rclpy marks the goal as cancelling only
+            # after the cancel callback has returned, so a goal ended from that callback could be
+            # finished before it was marked, and be aborted instead of cancelled.
+            while not task.ended.is_set():
                 if goal_handle.is_cancel_requested:
                     task.end("cancelled")
-                if not task.ended.wait(goal.duration if goal.duration > 0 else None):
+                elif time.monotonic() >= deadline:
                     task.end("duration reached")
-                self._tasks.remove(task)
-        finally:
-            self._by_goal.pop(key, None)
+                else:
+                    task.ended.wait(min(CANCEL_POLL, max(0.0, deadline - time.monotonic())))
+            self._tasks.remove(task)
         summary = Track.Result(
             id=task_id, status=task.end_status, status_name=status_name(task.end_status), reason=task.end_reason,
             answered=task.answered, ok=task.ok, empty=task.empty, failed=task.failed,
@@ -190,7 +194,5 @@ class TrackServer:
         return summary
 
     def _cancel(self, goal_handle: Any) -> CancelResponse:
-        task = self._by_goal.get(bytes(goal_handle.goal_id.uuid))
-        if task is not None:
-            task.end("cancelled")
+        """Every cancel request is accepted; the goal's own thread ends it (see _execute)."""
         return CancelResponse.ACCEPT
