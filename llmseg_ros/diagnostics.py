@@ -18,6 +18,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from llmseg_interfaces.msg import SegmentationResult
+from llmseg_ros.frames import NS
 from llmseg_ros.results import status_name
 
 WINDOW = 200  # results whose stage timings make the percentiles
@@ -163,7 +164,7 @@ def diagnostic_array(health: Health, stamp: Any) -> DiagnosticArray:
 
 def _stamp(ns: int) -> str:
     """A stamp as seconds with all nine decimals, exactly (a float would round the nanoseconds)."""
-    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+    return f"{ns // NS}.{ns % NS:09d}"
 
 
 def _age(age: float | None) -> str:

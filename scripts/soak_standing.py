@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     new = goal.feedback[seen:]
                     seen += len(new)
                     latency = [next(t.seconds for t in r.timings if t.stage == "total") for r in new]
-                    diag = {kv.key: kv.value for kv in client.diagnostics[-1].values} if client.diagnostics else {}
+                    diag = client.diagnostic_values()
                     row = {
                         "t": now - start, "answers": len(new), "rate": len(new) / (now - last),
                         "latency": statistics.median(latency) if latency else float("nan"),

@@ -249,6 +249,16 @@ class RosClient:
             del self.diagnostics[:-50]
             self._lock.notify_all()
 
+    def diagnostic_values(self, status: Any = None) -> dict[str, str]:
+        """The key/value pairs of a DiagnosticStatus of this node: `status`, else the newest one
+        received (empty before any)."""
+        with self._lock:
+            if status is None:
+                if not self.diagnostics:
+                    return {}
+                status = self.diagnostics[-1]
+            return {kv.key: kv.value for kv in status.values}
+
     def _on_mask(self, msg: Any) -> None:
         with self._lock:
             self.masks.append(msg)

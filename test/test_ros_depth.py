@@ -191,10 +191,6 @@ def test_service_with_its_own_image_has_no_depth(depth_node):
     assert result.depth_status_name == "DEPTH_MISSING" and "own image" in result.depth_error
 
 
-def values_of(status) -> dict[str, str]:
-    return {kv.key: kv.value for kv in status.values}
-
-
 def test_diagnostics_report_health(depth_node):
     """One status per period, named after the node: model, device, queue, frame and depth age,
     latency percentiles, counts; WARN with the reason once frames stop coming."""
@@ -206,7 +202,7 @@ def test_diagnostics_report_health(depth_node):
     before = client.diagnostics_count
     client.wait_for(lambda: client.diagnostics_count >= before + 2, 30, "two diagnostics messages")
     status = client.diagnostics[-1]
-    values = values_of(status)
+    values = client.diagnostic_values(status)
     assert status.name.endswith(client.target) and status.hardware_id == "cpu"
     assert values["lifecycle state"] == "active" and values["model"] == "loaded" and values["device"] == "cpu"
     assert values["preset"] == "tiny" and values["queue depth"] == "0" and values["max_queue"] == "8"
@@ -224,7 +220,7 @@ def test_diagnostics_report_health(depth_node):
     assert not client.set_parameters(gil_switch_interval=0.0)[0].successful  # out of range: refused, kept
     seen = client.diagnostics_count
     client.wait_for(lambda: client.diagnostics_count >= seen + 2, 30, "diagnostics after the change")
-    assert float(values_of(client.diagnostics[-1])["interpreter switch interval (s)"]) == pytest.approx(0.001)
+    assert float(client.diagnostic_values()["interpreter switch interval (s)"]) == pytest.approx(0.001)
     assert client.set_parameters(gil_switch_interval=0.0002)[0].successful
 
     # No frames for a while: WARN, saying so.

@@ -315,7 +315,7 @@ def test_missing_weights(ros_env, tmp_path):
                         "an ERROR on /diagnostics")
         status = client.diagnostics[-1]
         assert "weights.sam_checkpoint" in status.message
-        assert {kv.key: kv.value for kv in status.values}["model"] == "failed to load"
+        assert client.diagnostic_values(status)["model"] == "failed to load"
 
         assert client.change_state("deactivate") and client.change_state("cleanup")
         assert client.set_parameters(lazy_model_load=False)[0].successful

@@ -270,7 +270,7 @@ def while_worker_held(client, send, attempts: int = 3, hold: float = 8.0):
             client.instruct(hold, "the red ball", image_stamp=stamp_now(3600.0))
             # Until /diagnostics shows the queue empty after the hold was sent: the worker holds it.
             client.wait_for(lambda: client.diagnostics_count >= seen + 2
-                            and {kv.key: kv.value for kv in client.diagnostics[-1].values}["queue depth"] == "0",
+                            and client.diagnostic_values()["queue depth"] == "0",
                             30, "the worker to take the hold")
             sent = send(attempt)
             held = not client.results.get(hold)
@@ -346,9 +346,6 @@ def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
     node, client = untrained_node
     frames = {}
 
-    def diagnosed(key: str) -> str:
-        return {kv.key: kv.value for kv in client.diagnostics[-1].values}[key] if client.diagnostics else ""
-
     def node_has(frame) -> None:
         """Until /diagnostics shows `frame` as the node's newest: images and instructions come on
         different topics, and DDS keeps no order between them. A best-effort frame can be lost: it
@@ -356,7 +353,7 @@ def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
         stamp = f"{frame.header.stamp.sec}.{frame.header.stamp.nanosec:09d}"
         for _ in range(5):
             try:
-                return client.wait_for(lambda: diagnosed("newest frame stamp (s)") == stamp, 3.0, "the frame")
+                return client.wait_for(lambda: client.diagnostic_values().get("newest frame stamp (s)") == stamp, 3.0, "the frame")
             except TimeoutError:
                 client.publish_image(frame)
         raise TimeoutError(f"{frame.header.frame_id} never reached the node")
@@ -369,7 +366,7 @@ def test_instructions_bind_to_the_frame_newest_when_they_arrive(untrained_node):
         seen = client.diagnostics_count
         client.instruct(f"bind-{attempt}-a", "the red ball")
         if ordered:  # queued (so bound) before frame b is sent
-            client.wait_for(lambda: client.diagnostics_count > seen and diagnosed("queue depth") == "1", 30,
+            client.wait_for(lambda: client.diagnostics_count > seen and client.diagnostic_values()["queue depth"] == "1", 30,
                             "the first instruction queued")
         frames["b"] = rgb_image(scene(seed=15), frame_id="frame_b")
         client.publish_image(frames["b"])
