@@ -26,6 +26,7 @@ TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "tiny"
 LOWRES_LAYOUTS = ("pad", "stretch")  # proposals.lowres_layout
 PROPOSAL_SAMPLINGS = ("grid", "refine")  # proposals.sampling
 PROPOSAL_ENGINES = ("lean", "segment_anything")  # proposals.engine
+PROPOSAL_DECODERS = ("sam", "fused")  # proposals.decoder
 LAYOUTS = ("letterbox", "stretch")  # features.layout
 POS_EMBEDS = ("hub", "hf")  # features.pos_embed
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # features.dtype, vlm.dtype
@@ -220,11 +221,18 @@ class ProposalConfig:
     # "lean": modeling/mask_generator.py, the stock generator's masks without its discarded work
     # (identical output, tested); "segment_anything": the stock SamAutomaticMaskGenerator class.
     engine: str = one_of("lean", PROPOSAL_ENGINES)
+    # "sam": segment-anything's TwoWayTransformer forward, once per prompt on its own copy of the
+    # image embedding. "fused": modeling/fused_decoder.py, the same function with the image-side work
+    # done once per image (3-4x less decoder time; equal up to float rounding, masks measured in
+    # docs/benchmark.md).
+    decoder: str = one_of("sam", PROPOSAL_DECODERS)
 
     def __post_init__(self) -> None:
         check_fields(self, "proposals.")
         if self.sampling != "grid" and self.engine != "lean":
             raise ValueError(f"proposals.sampling {self.sampling!r} needs proposals.engine: lean")
+        if self.decoder != "sam" and self.engine != "lean":
+            raise ValueError(f"proposals.decoder {self.decoder!r} needs proposals.engine: lean")
         if self.engine == "lean" and self.min_mask_region_area > 0:
             raise ValueError("proposals.min_mask_region_area > 0 needs proposals.engine: segment_anything")
 

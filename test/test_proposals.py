@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmseg_model.config import ProposalConfig, tiny_config
-from llmseg_model.modeling.mask_generator import MaskSet, fresh_points, uncovered_centre
+from llmseg_model.modeling.mask_generator import MaskSet, fresh_points, uncovered_centres
 from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image, resize_long_side
 from llmseg_model.tiny.pretrain import validation_scenes
 
@@ -54,9 +54,9 @@ def test_resize_long_side_never_upscales():
 
 
 def stock_and_lean(sam, proposals):
-    """The same settings through the stock SamAutomaticMaskGenerator and the lean engine."""
-    stock = ProposalGenerator(sam, dataclasses.replace(proposals, engine="segment_anything"))
-    return stock, ProposalGenerator(sam, dataclasses.replace(proposals, engine="lean"))
+    """The same settings through the stock SamAutomaticMaskGenerator and the lean engine (SAM's decoder)."""
+    stock = ProposalGenerator(sam, dataclasses.replace(proposals, engine="segment_anything", decoder="sam"))
+    return stock, ProposalGenerator(sam, dataclasses.replace(proposals, engine="lean", decoder="sam"))
 
 
 def assert_same_masks(a: MaskSet, b: MaskSet) -> None:
@@ -132,18 +132,31 @@ def test_fill_prompts_the_finer_grid_where_nothing_is_kept(tiny_sam):
     assert len(filled.masks) >= len(plain.masks)
 
 
-def test_uncovered_centre_lands_on_the_free_part_of_the_mask():
+def test_uncovered_centres_land_on_the_free_part_of_each_mask():
     mask = torch.zeros((20, 30), dtype=torch.bool)
     mask[2:8, 2:12] = True
     covered = torch.zeros_like(mask)
+    half = covered.clone()
+    half[:, :8] = True
     # centroid (6.5, 4.5); of the four pixels as near, the first in row-major order: (x=6, y=4)
-    assert uncovered_centre(mask, covered, max_area=0.5) == (6.5, 4.5)
-    covered[:, :8] = True
-    x, y = uncovered_centre(mask, covered, max_area=0.5)
-    assert mask[int(y), int(x)] and not covered[int(y), int(x)]
-    covered[:] = True
-    assert uncovered_centre(mask, covered, max_area=0.5) is None
-    assert uncovered_centre(torch.ones_like(mask), torch.zeros_like(mask), max_area=0.5) is None
+    assert uncovered_centres(mask[None], covered, max_area=0.5) == [(6.5, 4.5)]
+    [(x, y)] = uncovered_centres(mask[None], half, max_area=0.5)
+    assert mask[int(y), int(x)] and not half[int(y), int(x)]
+    assert uncovered_centres(mask[None], torch.ones_like(mask), max_area=0.5) == [None]
+    assert uncovered_centres(torch.ones_like(mask)[None], covered, max_area=0.5) == [None]
+    assert uncovered_centres(torch.zeros((0, 20, 30), dtype=torch.bool), covered, max_area=0.5) == []
+
+
+def test_uncovered_centres_match_the_nearest_free_pixel_of_each_mask_alone():
+    """Batched over masks, each answer is the free pixel nearest that mask's free centroid."""
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand((12, 24, 32), generator=generator) > 0.7
+    covered = torch.rand((24, 32), generator=generator) > 0.5
+    for mask, centre in zip(masks, uncovered_centres(masks, covered, max_area=1.0)):
+        ys, xs = torch.nonzero(mask & ~covered, as_tuple=True)
+        ys_f, xs_f = ys.float(), xs.float()
+        nearest = int(torch.argmin((ys_f - ys_f.mean()) ** 2 + (xs_f - xs_f.mean()) ** 2))
+        assert centre == (float(xs[nearest]) + 0.5, float(ys[nearest]) + 0.5)
 
 
 def test_fresh_points_skip_covered_and_near_points():

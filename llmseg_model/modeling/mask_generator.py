@@ -26,15 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.predictor import SamPredictor
-from segment_anything.utils.amg import batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score
+from segment_anything.utils.amg import batch_iterator, build_point_grid, calculate_stability_score
 from torchvision.ops.boxes import batched_nms
 
 from llmseg_model.config import ProposalConfig
+from llmseg_model.modeling.fused_decoder import FusedTwoWayTransformer
 
 # SamAutomaticMaskGenerator's default, which the project never changes.
 STABILITY_SCORE_OFFSET = 1.0
+# Full-size binary masks of candidates kept for NMS's survivors, per image (64 MiB: ~85 masks at
+# 1024x768; the tiny preset's few dozen 256x256 masks take 2-3 MiB).
+MASK_BYTES = 64 << 20
 
 
 @dataclass
@@ -62,11 +67,18 @@ class _Candidates:
     low_res: list[torch.Tensor] = field(default_factory=list)
     iou_preds: list[torch.Tensor] = field(default_factory=list)
     boxes: list[torch.Tensor] = field(default_factory=list)
+    # Their binary masks at full size while they fit in MASK_BYTES (then None: upsampled again
+    # from `low_res` for the ones NMS keeps, as memory allows at any image size).
+    masks: list[torch.Tensor] | None = field(default_factory=list)
+    mask_bytes: int = 0
 
-    def add(self, low_res: torch.Tensor, iou_preds: torch.Tensor, boxes: torch.Tensor) -> None:
+    def add(self, low_res: torch.Tensor, iou_preds: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor) -> None:
         self.low_res.append(low_res)
         self.iou_preds.append(iou_preds)
         self.boxes.append(boxes)
+        self.mask_bytes += masks.numel()
+        if self.masks is not None:
+            self.masks = self.masks + [masks] if self.mask_bytes <= MASK_BYTES else None
 
 
 class LeanMaskGenerator:
@@ -76,6 +88,7 @@ class LeanMaskGenerator:
         config.__post_init__()  # its own checks again (min_mask_region_area needs the stock engine)
         self.config = config
         self.predictor = SamPredictor(sam)
+        self.fused = FusedTwoWayTransformer(sam) if config.decoder == "fused" else None
 
     @torch.inference_mode()
     def generate(self, image: np.ndarray) -> MaskSet:
@@ -83,6 +96,8 @@ class LeanMaskGenerator:
         config = self.config
         height, width = image.shape[:2]
         self.predictor.set_image(image)
+        if self.fused is not None:
+            self.fused.set_image(self.predictor.features)
         try:
             candidates = _Candidates()
             covered = torch.zeros((height, width), dtype=torch.bool, device=self.predictor.device)
@@ -112,6 +127,8 @@ class LeanMaskGenerator:
             masks, scores = self._keep(candidates, (height, width))
         finally:
             self.predictor.reset_image()
+            if self.fused is not None:
+                self.fused.reset_image()
         return MaskSet(masks=masks, scores=scores, prompts=sum(len(p) for p in prompted))
 
     def _decode(self, points: np.ndarray, follow: bool) -> _Decoded:
@@ -126,10 +143,13 @@ class LeanMaskGenerator:
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
-        src = torch.repeat_interleave(predictor.features, tokens.shape[0], dim=0) + dense
-        pos_src = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), tokens.shape[0], dim=0)
-        b, c, h, w = src.shape
-        hs, src = decoder.transformer(src, pos_src, tokens)
+        c, h, w = predictor.features.shape[1:]
+        if self.fused is not None:
+            hs, src = self.fused(tokens)
+        else:
+            src = torch.repeat_interleave(predictor.features, tokens.shape[0], dim=0) + dense
+            pos_src = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), tokens.shape[0], dim=0)
+            hs, src = decoder.transformer(src, pos_src, tokens)
         mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
@@ -154,9 +174,16 @@ class LeanMaskGenerator:
         return torch.ones_like(iou_preds, dtype=torch.bool)
 
     def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
-        """(N, h, w) low-res logits -> (N, H, W) logits at the image size, as SAM postprocesses."""
+        """(N, h, w) low-res logits -> (N, H, W) logits at the image size: `Sam.postprocess_masks`,
+        without its second resize when the image is already at SAM's input size (bilinear resizing
+        to the same size returns its input exactly, so skipping it changes nothing but the time)."""
         predictor = self.predictor
-        return predictor.model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
+        side = predictor.model.image_encoder.img_size
+        masks = F.interpolate(low_res[:, None], (side, side), mode="bilinear", align_corners=False)
+        masks = masks[..., : predictor.input_size[0], : predictor.input_size[1]]
+        if tuple(predictor.input_size) != tuple(predictor.original_size):
+            masks = F.interpolate(masks, predictor.original_size, mode="bilinear", align_corners=False)
+        return masks[:, 0]
 
     def _run_batch(
         self, points: np.ndarray, candidates: _Candidates, covered: torch.Tensor, follow: bool
@@ -171,14 +198,15 @@ class LeanMaskGenerator:
         keep = self._passes(iou_preds)
         low_res, scores = decoded.low_res[keep], iou_preds[keep]
         logits = self._upsample(low_res)
-        stability = calculate_stability_score(logits, model.mask_threshold, STABILITY_SCORE_OFFSET)
-        if config.stability_score_thresh > 0.0:
-            stable = stability >= config.stability_score_thresh
-            low_res, scores, logits = low_res[stable], scores[stable], logits[stable]
         masks = logits > model.mask_threshold
+        if config.stability_score_thresh > 0.0:
+            stability = calculate_stability_score(logits, model.mask_threshold, STABILITY_SCORE_OFFSET)
+            stable = stability >= config.stability_score_thresh
+            low_res, scores, masks = low_res[stable], scores[stable], masks[stable]
+        del logits
         if len(masks):
-            candidates.add(low_res, scores, batched_mask_to_box(masks))
-            covered |= masks.any(0)
+            candidates.add(low_res, scores, mask_boxes(masks), masks)
+            covered |= any_of(masks, 0)
         if not follow:
             return []
         kept_prompt = torch.zeros(len(iou_preds), dtype=torch.bool, device=iou_preds.device)
@@ -193,8 +221,7 @@ class LeanMaskGenerator:
         best = iou_preds[follow_up].argmax(1)
         lows = decoded.low_res[follow_up]
         seen = self._upsample(lows[torch.arange(len(lows), device=lows.device), best]) > model.mask_threshold
-        centres = (uncovered_centre(mask, covered, config.refine_max_area) for mask in seen)
-        return [centre for centre in centres if centre is not None]
+        return [centre for centre in uncovered_centres(seen, covered, config.refine_max_area) if centre is not None]
 
     def _keep(self, candidates: _Candidates, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Box NMS as the stock generator runs it, then the kept masks at full size."""
@@ -205,6 +232,8 @@ class LeanMaskGenerator:
         keep = batched_nms(
             boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), iou_threshold=self.config.box_nms_thresh
         )
+        if candidates.masks is not None:
+            return torch.cat(candidates.masks)[keep].cpu().numpy(), scores[keep].float().cpu().numpy()
         low_res = torch.cat(candidates.low_res)[keep]
         chunk = self.config.points_per_batch  # bounds the full-size float logits held at once
         masks = [
@@ -214,18 +243,25 @@ class LeanMaskGenerator:
         return np.concatenate(masks), scores[keep].float().cpu().numpy()
 
 
-def uncovered_centre(mask: torch.Tensor, covered: torch.Tensor, max_area: float) -> tuple[float, float] | None:
-    """(x, y) of the pixel nearest the centroid of the part of `mask` that `covered` leaves free
-    (a pixel of that part, so the prompt lands on it), or None when nothing is free or the mask
-    covers more than `max_area` of the image (SAM's whole-image output is not one object)."""
-    if mask.float().mean() > max_area:
-        return None
-    ys, xs = torch.nonzero(mask & ~covered, as_tuple=True)
-    if not len(ys):
-        return None
-    ys_f, xs_f = ys.float(), xs.float()
-    nearest = int(torch.argmin((ys_f - ys_f.mean()) ** 2 + (xs_f - xs_f.mean()) ** 2))
-    return float(xs[nearest]) + 0.5, float(ys[nearest]) + 0.5
+def uncovered_centres(masks: torch.Tensor, covered: torch.Tensor, max_area: float) -> list[tuple[float, float] | None]:
+    """For each of (N, H, W) bool masks: (x, y) of the pixel nearest the centroid of the part of the
+    mask that `covered` leaves free (a pixel of that part, so the prompt lands on it; of equally near
+    ones the first in row-major order), or None when nothing is free or the mask covers more than
+    `max_area` of the image (SAM's whole-image output is not one object)."""
+    count, height, width = masks.shape
+    centres: list[tuple[float, float] | None] = [None] * count
+    if not count:
+        return centres
+    free = masks & ~covered
+    # Counted as bytes (vectorised; bool reductions run element by element).
+    pixels = free.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+    area = masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32).to(torch.float32) / (height * width)
+    for index in torch.nonzero((pixels > 0) & ~(area > max_area)).flatten().tolist():
+        ys, xs = torch.nonzero(free[index], as_tuple=True)
+        ys_f, xs_f = ys.float(), xs.float()
+        nearest = int(torch.argmin((ys_f - ys_f.mean()) ** 2 + (xs_f - xs_f.mean()) ** 2))
+        centres[index] = (float(xs[nearest]) + 0.5, float(ys[nearest]) + 0.5)
+    return centres
 
 
 def fresh_points(
@@ -245,3 +281,25 @@ def fresh_points(
             continue
         chosen.append((float(x), float(y)))
     return np.asarray(chosen, dtype=np.float64).reshape(-1, 2)
+
+
+def any_of(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """`masks.any(dim)` for bool masks, read as bytes: torch reduces uint8 with vector
+    instructions and bool element by element (about 10x apart on a (30, 256, 256) batch)."""
+    return masks.view(torch.uint8).amax(dim).bool()
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`segment_anything.utils.amg.batched_mask_to_box` of (N, H, W) bool masks: XYXY boxes of the
+    first and last rows and columns that hold a pixel, zeros for an empty mask (the same int64
+    values, computed from `any_of`)."""
+    height, width = masks.shape[-2:]
+    rows, columns = any_of(masks, -1), any_of(masks, -2)
+    row_index = torch.arange(height, device=masks.device)[None]
+    column_index = torch.arange(width, device=masks.device)[None]
+    bottom = (rows * row_index).amax(-1)
+    top = (rows * row_index + height * ~rows).amin(-1)
+    right = (columns * column_index).amax(-1)
+    left = (columns * column_index + width * ~columns).amin(-1)
+    empty = (right < left) | (bottom < top)
+    return torch.stack([left, top, right, bottom], dim=-1) * ~empty[:, None]
