@@ -74,13 +74,15 @@ logger = logging.getLogger(__name__)
 # for random-weight runs without a model folder.
 DINOV2_VITL14 = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 518}
 # Proposal modes measured by default, as overrides of the preset's ProposalConfig: the preset's
-# own (tiny: refine sampling; paper: the dense grid, lean engine) and the dense grid through the
-# lean engine and the stock class (identical masks).
+# own (tiny: refine sampling, fused decoder; paper: the dense grid, lean engine, SAM's decoder), the
+# tiny preset's sampling through SAM's own decoder, and the dense grid through the lean engine and
+# the stock class (identical masks).
 DEFAULT_MODES = {
     "tiny": {
         "preset": {},
+        "sam_decoder": {"decoder": "sam"},
         "dense_grid": {"sampling": "grid", "points_per_side": 16},
-        "dense_grid_stock": {"sampling": "grid", "points_per_side": 16, "engine": "segment_anything"},
+        "dense_grid_stock": {"sampling": "grid", "points_per_side": 16, "engine": "segment_anything", "decoder": "sam"},
     },
     "paper": {
         "preset": {},

@@ -86,6 +86,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("proposals.sampling", None, "SAM everything-mode prompts: grid (the published dense grid) or refine (a "
          "coarse grid, then points where no kept mask is yet)", CONFIGURE, choices=("grid", "refine"),
          preset_key="proposals.sampling"),
+    Spec("proposals.decoder", None, "SAM's mask decoder in everything mode: sam (segment-anything's own forward) or "
+         "fused (the same function with the image-side work once per image; equal up to float rounding)",
+         CONFIGURE, choices=("sam", "fused"), preset_key="proposals.decoder"),
     _i("proposals.points_per_side", None, 1, 128, "SAM everything-mode point grid side (refine: the coarse "
        "first grid)", CONFIGURE, "proposals.points_per_side"),
     _f("proposals.pred_iou_thresh", None, 0.0, 1.0, "SAM's predicted-IoU filter for proposals", CONFIGURE,

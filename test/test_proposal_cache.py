@@ -205,7 +205,8 @@ EARLIER_TINY_DENSE_IDENTITY = {
 
 
 def dense_tiny() -> ProposalConfig:
-    return dataclasses.replace(tiny_config().proposals, sampling="grid", points_per_side=16)
+    """The tiny preset's dense grid through segment-anything's decoder, as earlier caches made it."""
+    return dataclasses.replace(tiny_config().proposals, sampling="grid", points_per_side=16, decoder="sam")
 
 
 def test_dense_grid_keeps_the_identity_earlier_caches_recorded():
@@ -219,6 +220,10 @@ def test_dense_grid_keeps_the_identity_earlier_caches_recorded():
     # How fast (engine) never counts; refine settings only count when refining.
     assert pc.cache_identity(sam, dataclasses.replace(dense_tiny(), engine="segment_anything")) == identity
     assert pc.cache_identity(sam, dataclasses.replace(dense_tiny(), refine_rounds=5)) == identity
+    # The fused decoder equals SAM's only up to float rounding: its caches are told apart.
+    assert pc.cache_identity(sam, dataclasses.replace(dense_tiny(), decoder="fused"))["proposals"] == {
+        **EARLIER_TINY_DENSE_IDENTITY, "decoder": "fused",
+    }
     refine = dataclasses.replace(dense_tiny(), sampling="refine", points_per_side=6, refine_rounds=1)
     assert pc.cache_identity(sam, refine)["proposals"] == {
         **EARLIER_TINY_DENSE_IDENTITY, "points_per_side": 6, "sampling": "refine", "refine_rounds": 1,

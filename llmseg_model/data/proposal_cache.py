@@ -77,10 +77,11 @@ def sam_fingerprint(sam: torch.nn.Module) -> str:
 
 
 # ProposalConfig settings added after caches were first written, with the value each implicitly
-# had before it existed (low-res copies were area-resized, i.e. "stretch"; prompts were the grid).
+# had before it existed (low-res copies were area-resized, i.e. "stretch"; prompts were the grid;
+# the decoder was segment-anything's own: `decoder: fused` equals it only up to float rounding).
 # An identity names such a setting only where it differs from that value, so older caches keep
 # their identity: caches from before a setting existed and caches that recorded it agree.
-LEGACY_PROPOSAL_VALUES = {"lowres_layout": "stretch", "sampling": "grid"}
+LEGACY_PROPOSAL_VALUES = {"lowres_layout": "stretch", "sampling": "grid", "decoder": "sam"}
 # Settings that only matter when refining.
 REFINE_PROPOSAL_FIELDS = ("refine_rounds", "refine_iou_thresh", "refine_max_area", "refine_min_distance", "fill_points_per_side")
 # Settings that change how fast, not which, proposals come out (tested identical): never in it.
