@@ -64,15 +64,23 @@ def test_feedback_on_new_frames_then_cancel(tracking_node, frames):
     assert stamps == sorted(set(stamps))  # each answer on a newer frame
 
 
+def answered_together(first, second) -> set[int]:
+    """Stamps of the frames both goals answered, but each goal's first: a goal that starts while
+    the other's batch runs is answered at once on the newest frame, which the other may already
+    have answered alone when the model is faster than the camera."""
+    joined = {stamp_ns(goal.feedback[0]) for goal in (first, second) if goal.feedback}
+    return ({stamp_ns(r) for r in first.feedback} & {stamp_ns(r) for r in second.feedback}) - joined
+
+
 def test_two_goals_share_each_frames_proposal_pass_and_batch(tracking_node, frames):
-    """Two goals on every new frame: whenever both answer a frame, it was one batch (one
-    prepare, one query_batch) for both."""
+    """Two goals on every new frame: whenever both answer a frame that arrived while both ran, it
+    was one batch (one prepare, one query_batch) for both."""
     node, client = tracking_node
     with Camera(client, frames, rate=10.0):
         first = client.track("the red ball", goal_id="first")
         second = client.track("something I could roll", goal_id="second")
         for _ in range(600):  # until 3 frames were answered to both (a few seconds on a quiet machine)
-            shared = {stamp_ns(r) for r in first.feedback} & {stamp_ns(r) for r in second.feedback}
+            shared = answered_together(first, second)
             if len(shared) >= 3:
                 break
             time.sleep(0.2)
