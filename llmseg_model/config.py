@@ -564,7 +564,7 @@ def tiny_config() -> LLMSegConfig:
         # prompts instead of 256, and on 200 held-out val / test scenes the same best-proposal IoU
         # (0.860 / 0.864 vs 0.862 / 0.859) and recall@0.5 (0.941 / 0.946 vs 0.931 / 0.924);
         # sampling="grid", points_per_side=16 is the dense grid (docs/benchmark.md). The fused
-        # decoder gave the same masks as SAM's on 100 held-out scenes (scores within 5e-7) in 62%
+        # decoder gave the same masks as SAM's on 100 held-out scenes (scores within 6e-7) in 60%
         # of the proposal time.
         proposals=ProposalConfig(
             max_side=256,
