@@ -8,15 +8,18 @@ against the stock class). It skips work whose result the stock generator throws 
   passes (the IoU head reads the transformer's output, before upscaling), so a background prompt
   costs the two-way transformer and nothing else;
 - only masks that pass predicted IoU are upsampled to the image, in one batch;
-- nothing is run-length encoded or deep-copied: candidates stay as low-res logits, box NMS runs on
-  them before any mask is kept at full size, and only the kept ones are upsampled again.
+- nothing is run-length encoded or deep-copied: candidates stay as low-res logits (and their
+  binary masks, up to MASK_BYTES), box NMS runs on their boxes, and NMS's survivors are returned.
+
+With `decoder="fused"` the two-way transformer is computed as modeling/fused_decoder.py does it
+(the image-side work once per image; equal to SAM's up to float rounding), everything else as above.
 
 With `sampling="refine"` the prompts are no longer the dense grid (an approximation, measured for
 recall in docs/benchmark.md): a coarse `points_per_side` grid first, then `refine_rounds` rounds
 that prompt again where SAM saw something it did not keep (a rejected prompt whose best predicted
 IoU is at least `refine_iou_thresh`: one new point at the centre of that mask's part that no kept
 mask covers yet), and optionally the points of a `fill_points_per_side` grid that no kept mask
-covers. On the tiny preset this finds the objects of the dense 16x16 grid with ~30 prompts
+covers. On the tiny preset this finds the objects of the dense 16x16 grid with ~40 prompts
 instead of 256: the two-way transformer runs once per prompt, so prompts are the cost.
 """
 
