@@ -90,8 +90,10 @@ def test_two_goals_share_each_frames_proposal_pass_and_batch(tracking_node, fram
     assert len(shared) >= 3, node.log()[-3000:]
     for stamp in shared:
         pair = [next(r for r in goal.feedback if stamp_ns(r) == stamp) for goal in (first, second)]
-        assert [r.batch_size for r in pair] == [2, 2]  # answered together: one prepare, one batch
-        assert pair[0].frame_cached == pair[1].frame_cached
+        # Answered together: one prepare, one batch (a goal has one job in flight at most, so a batch
+        # of 2 on this frame holds both). Which of them reports the frame as cached is not fixed: a
+        # job that joins the batch while its proposal pass runs reports the pass as cached.
+        assert [r.batch_size for r in pair] == [2, 2]
         assert [r.instruction_text for r in pair] == ["the red ball", "something I could roll"]
 
 
