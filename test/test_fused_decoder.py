@@ -9,7 +9,7 @@ from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 from llmseg_model.config import ProposalConfig, SamConfig, tiny_config
 from llmseg_model.modeling import mask_generator
 from llmseg_model.modeling.fused_decoder import FusedTwoWayTransformer
-from llmseg_model.modeling.mask_generator import mask_boxes
+from llmseg_model.modeling.mask_generator import mask_boxes, point_embeddings
 from llmseg_model.modeling.proposals import ProposalGenerator, build_sam
 from llmseg_model.tiny.pretrain import validation_scenes
 
@@ -104,3 +104,11 @@ def test_fused_decoder_needs_the_lean_engine():
         ProposalConfig(decoder="fused", engine="segment_anything")
     with pytest.raises(ValueError, match="decoder"):
         ProposalConfig(decoder="fast")
+
+
+def test_point_embeddings_are_the_prompt_encoders(tiny_sam):
+    coords = torch.tensor([[10.0, 200.5], [0.0, 0.0], [255.0, 17.25]], dtype=torch.float64)
+    expected, _ = tiny_sam.prompt_encoder(
+        points=(coords[:, None, :], torch.ones((3, 1), dtype=torch.int)), boxes=None, masks=None
+    )
+    assert torch.equal(point_embeddings(tiny_sam.prompt_encoder, coords), expected)

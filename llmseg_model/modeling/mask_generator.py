@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from segment_anything.modeling import PromptEncoder, Sam
 from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import batch_iterator, build_point_grid, calculate_stability_score
 from torchvision.ops.boxes import batched_nms
@@ -141,8 +141,7 @@ class LeanMaskGenerator:
         model = predictor.model
         decoder = model.mask_decoder
         coords = torch.as_tensor(predictor.transform.apply_coords(points, predictor.original_size), device=predictor.device)
-        labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
-        sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        sparse = point_embeddings(model.prompt_encoder, coords)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
@@ -150,6 +149,7 @@ class LeanMaskGenerator:
         if self.fused is not None:
             hs, src = self.fused(tokens)
         else:
+            dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # no mask input
             src = torch.repeat_interleave(predictor.features, tokens.shape[0], dim=0) + dense
             pos_src = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), tokens.shape[0], dim=0)
             hs, src = decoder.transformer(src, pos_src, tokens)
@@ -244,6 +244,19 @@ class LeanMaskGenerator:
             for start in range(0, len(low_res), chunk)
         ]
         return np.concatenate(masks), scores[keep].float().cpu().numpy()
+
+
+def point_embeddings(prompt_encoder: PromptEncoder, coords: torch.Tensor) -> torch.Tensor:
+    """(B, 2) positive points in SAM's input frame -> (B, 2, C): the sparse embedding
+    `PromptEncoder.forward(points=(coords[:, None], ones), boxes=None)` returns (each point, then the
+    padding point), computed directly: the same values without its per-label masked updates."""
+    # Encoded with the padding point, as the stock does: the positional product's kernel depends on
+    # the shape, so encoding the points alone would round differently.
+    points = torch.cat([coords[:, None, :] + 0.5, coords.new_zeros((len(coords), 1, 2))], dim=1)
+    embedded = prompt_encoder.pe_layer.forward_with_coords(points, prompt_encoder.input_image_size)
+    embedded[:, 0] += prompt_encoder.point_embeddings[1].weight
+    embedded[:, 1] = prompt_encoder.not_a_point_embed.weight
+    return embedded
 
 
 def uncovered_centres(masks: torch.Tensor, covered: torch.Tensor, max_area: float) -> list[tuple[float, float] | None]:
