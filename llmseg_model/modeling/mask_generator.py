@@ -79,9 +79,13 @@ class _Candidates:
         self.low_res.append(low_res)
         self.iou_preds.append(iou_preds)
         self.boxes.append(boxes)
+        if self.masks is None:
+            return
         self.mask_bytes += masks.numel()
-        if self.masks is not None:
-            self.masks = self.masks + [masks] if self.mask_bytes <= MASK_BYTES else None
+        if self.mask_bytes <= MASK_BYTES:
+            self.masks.append(masks)
+        else:
+            self.masks = None
 
 
 class LeanMaskGenerator:
