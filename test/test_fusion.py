@@ -78,3 +78,33 @@ def test_padded_row_equals_the_row_alone(variant):
     padded = fusion(torch.cat([emb, torch.randn(1, 3, m)], 1), seg, torch.tensor([[True] * 5 + [False] * 3]))
     assert torch.allclose(alone.iop, padded.iop[:, :5], atol=1e-6)
     assert torch.allclose(alone.iou_logits, padded.iou_logits[:, :5], atol=1e-6)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_published_inference_shortcuts_equal_the_published_computation(padded):
+    """Without gradients the published fusion skips the query/key projections of attention to the
+    one <SEG> token and runs attention as one SDPA call; with gradients it runs as published."""
+    fusion = make("published")
+    emb, seg = torch.randn(3, 7, 32), torch.randn(3, 32)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    if padded:
+        valid[0, 4:] = False
+    with torch.enable_grad():
+        published = fusion(emb, seg, valid)
+    with torch.inference_mode():
+        fast = fusion(emb, seg, valid)
+    assert torch.allclose(published.iop, fast.iop, atol=1e-6)
+    assert torch.equal(torch.isinf(published.iou_logits), torch.isinf(fast.iou_logits))
+    assert torch.allclose(published.iou_logits[valid], fast.iou_logits[valid], atol=1e-6)
+
+
+def test_published_single_key_attention_keeps_every_parameter_in_training():
+    """Data-parallel training expects every parameter in the graph: with gradients the query and
+    key projections of attention to <SEG> still run (their gradient is exactly zero)."""
+    fusion = make("published").train()
+    out = fusion(torch.randn(2, 5, 32), torch.randn(2, 32), torch.ones(2, 5, dtype=torch.bool))
+    (out.iop.sum() + out.iou_logits.sum()).backward()
+    single_key = fusion.layers[0].props_to_seg
+    assert all(p.grad is not None for p in fusion.parameters())
+    assert torch.count_nonzero(single_key.q_proj.weight.grad) == 0
+    assert torch.count_nonzero(single_key.v_proj.weight.grad) > 0

@@ -133,9 +133,26 @@ class JointFusion(nn.Module):
 
 class MaskedAttention(Attention):
     """SAM's attention layer (separate q/k/v/out projections, as the published model uses) with an
-    optional key padding mask."""
+    optional key padding mask.
+
+    Without gradients two shortcuts give the same values for less work (at tiny scale the fusion's
+    small operations cost as much as the language model's forward):
+    - attention over a single key (every query attends to the one <SEG> token) returns that key's
+      value, since a softmax over one score is exactly 1, so the query and key projections are not
+      run. With gradients they run, so every parameter takes part in the graph as published (data
+      parallel training expects that);
+    - the product, softmax and mixing run as one `scaled_dot_product_attention` call.
+    """
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            if k.shape[1] == 1 and key_pad is None:
+                return self.out_proj(self.v_proj(v)).expand(-1, q.shape[1], -1)
+            q = self._separate_heads(self.q_proj(q), self.num_heads)
+            k = self._separate_heads(self.k_proj(k), self.num_heads)
+            v = self._separate_heads(self.v_proj(v), self.num_heads)
+            keep = None if key_pad is None else ~key_pad[:, None, None, :]
+            return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
         if key_pad is None:
             return super().forward(q, k, v)
         q = self._separate_heads(self.q_proj(q), self.num_heads)
@@ -162,8 +179,8 @@ class PublishedBlock(nn.Module):
         self.seg_to_props = MaskedAttention(dim, num_heads)
         self.norm4 = nn.LayerNorm(dim)
 
-    def forward(self, props: torch.Tensor, seg: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """props (B, K, D), seg (B, 1, D), pad (B, K) True where a proposal is padding."""
+    def forward(self, props: torch.Tensor, seg: torch.Tensor, pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """props (B, K, D), seg (B, 1, D), pad (B, K) True where a proposal is padding (None: none is)."""
         props = self.norm1(props + self.self_attn(props, props, props, key_pad=pad))
         props = self.norm2(props + self.props_to_seg(props, seg, seg))
         props = self.norm3(props + self.mlp(props))
@@ -198,6 +215,7 @@ class PublishedFusion(nn.Module):
     def forward(self, mask_embeddings: torch.Tensor, seg_embedding: torch.Tensor, valid: torch.Tensor) -> FusionOutput:
         """mask_embeddings (B, K, D), seg_embedding (B, D), valid (B, K) bool."""
         pad = unmask_empty_rows(~valid)
+        pad = pad if bool(pad.any()) else None  # no padding: attention needs no mask
         props, seg = mask_embeddings, seg_embedding.unsqueeze(1)
         for layer in self.layers:
             props, seg = layer(props, seg, pad)

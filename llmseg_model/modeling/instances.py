@@ -53,7 +53,8 @@ def merge_instances(
     if not len(indices):
         return []
     rles = [_coco_rle(proposals.rles[i]) for i in indices]
-    groups = _components(same_object(rles, config))
+    # One proposal is one object; the pairwise tests are for several.
+    groups = _components(same_object(rles, config)) if len(rles) > 1 else [np.zeros(1, dtype=np.int64)]
     instances = []
     for members in groups:
         order = members[np.argsort(-scores[members], kind="stable")]
