@@ -145,19 +145,17 @@ class MaskedAttention(Attention):
     """
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad: torch.Tensor | None = None) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            if k.shape[1] == 1 and key_pad is None:
-                return self.out_proj(self.v_proj(v)).expand(-1, q.shape[1], -1)
-            q = self._separate_heads(self.q_proj(q), self.num_heads)
-            k = self._separate_heads(self.k_proj(k), self.num_heads)
-            v = self._separate_heads(self.v_proj(v), self.num_heads)
-            keep = None if key_pad is None else ~key_pad[:, None, None, :]
-            return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
-        if key_pad is None:
+        fast = not torch.is_grad_enabled()
+        if fast and k.shape[1] == 1 and key_pad is None:
+            return self.out_proj(self.v_proj(v)).expand(-1, q.shape[1], -1)
+        if not fast and key_pad is None:
             return super().forward(q, k, v)
         q = self._separate_heads(self.q_proj(q), self.num_heads)
         k = self._separate_heads(self.k_proj(k), self.num_heads)
         v = self._separate_heads(self.v_proj(v), self.num_heads)
+        if fast:
+            keep = None if key_pad is None else ~key_pad[:, None, None, :]
+            return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
         attn = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         attn = attn.masked_fill(key_pad[:, None, None, :], float("-inf")).softmax(dim=-1)
         return self.out_proj(self._recombine_heads(attn @ v))
