@@ -53,8 +53,7 @@ def merge_instances(
     if not len(indices):
         return []
     rles = [_coco_rle(proposals.rles[i]) for i in indices]
-    # One proposal is one object; the pairwise tests are for several.
-    groups = _components(same_object(rles, config)) if len(rles) > 1 else [np.zeros(1, dtype=np.int64)]
+    groups = _components(same_object(rles, config))
     instances = []
     for members in groups:
         order = members[np.argsort(-scores[members], kind="stable")]
@@ -81,6 +80,8 @@ def instance_masks(instances: list[Instance], image_size: tuple[int, int]) -> np
 
 def same_object(rles: list[dict], config: InstanceConfig) -> np.ndarray:
     """(N, N) bool: which pairs of proposals (COCO RLEs) are one object under `config` (diagonal True)."""
+    if len(rles) < 2:  # one proposal is one object: no pairs to test
+        return np.ones((len(rles), len(rles)), dtype=bool)
     rles = [_coco_rle(r) for r in rles]
     areas = mask_utils.area(rles).astype(np.float64)
     # pycocotools with iscrowd=1 on the second argument gives |a & b| / |a| (the crowd rule).
