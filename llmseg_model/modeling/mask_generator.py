@@ -19,7 +19,7 @@ recall in docs/benchmark.md): a coarse `points_per_side` grid first, then `refin
 that prompt again where SAM saw something it did not keep (a rejected prompt whose best predicted
 IoU is at least `refine_iou_thresh`: one new point at the centre of that mask's part that no kept
 mask covers yet), and optionally the points of a `fill_points_per_side` grid that no kept mask
-covers. On the tiny preset this finds the objects of the dense 16x16 grid with ~40 prompts
+covers. On the tiny preset this finds the objects of the dense 16x16 grid with ~30 prompts
 instead of 256: the two-way transformer runs once per prompt, so prompts are the cost.
 """
 
