@@ -9,7 +9,11 @@
 #   DEVICE=cpu SHRINK=1 bash scripts/gpu_latency.sh  # the same steps at toy shapes (checks the script)
 #
 # Wheels in .whl/ (if any) are installed into /tmp/site first: a machine that cannot reach a
-# package registry gets the pinned transformers / peft / segment-anything that way.
+# package registry gets the pinned packages its image lacks that way. For a CUDA image with torch,
+# tokenizers and safetensors but none of this project's requirements:
+#   pip download --no-deps --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: -d .whl \
+#       transformers==5.24.0 peft==0.21.2 segment-anything==1.0 jsonargparse pycocotools
+# TINY_ITERATIONS / TINY_WARMUP and PAPER_ITERATIONS / PAPER_WARMUP set each run's repetitions.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_latency}
 DEVICE=${DEVICE:-cuda}
@@ -45,7 +49,7 @@ run() {  # run NAME SECONDS ARGS...: one latency run, its log beside its report
 }
 
 # 1. The shipped tiny preset (its own weights), as on the CPU: refine proposals, dense grid both engines.
-run tiny "${TINY_SECONDS:-100}" --frames 4 --iterations 2 --warmup 2
+run tiny "${TINY_SECONDS:-100}" --frames 4 --iterations "${TINY_ITERATIONS:-2}" --warmup "${TINY_WARMUP:-2}"
 # 2. The paper preset at full shape: the published 32x32 grid through both engines, and the lean
 #    engine with every mask passing (random SAM weights keep almost none at the published
 #    thresholds, which would leave post-processing out of the figure).
