@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -168,3 +169,67 @@ def test_a_bad_instruction_in_a_batch_is_named_by_index(untrained_tiny_model):
         untrained_tiny_model.query_batch(frame, ["the red ball", "  ", "the blue box"])
     assert error.value.index == 1 and "empty" in error.value.reason
     assert untrained_tiny_model.check_instruction("  the   red\nball ") == "the red ball"
+
+
+def test_overlapped_prepare_gives_what_the_serial_one_gives(untrained_tiny_model):
+    """The image branch on the background thread computes the very same frame."""
+    scene = ProceduralDataset("val", 1).scene(0)
+    serial = untrained_tiny_model.prepare(scene.image, overlap=False)
+    overlapped = untrained_tiny_model.prepare(scene.image, overlap=True)
+    assert overlapped.proposals.rles == serial.proposals.rles
+    assert torch.equal(overlapped.mask_embeddings, serial.mask_embeddings)
+    assert torch.equal(overlapped.image_features, serial.image_features)
+    assert overlapped.prefix.ids == serial.prefix.ids
+    for (k1, v1), (k2, v2) in zip(overlapped.prefix.layers, serial.prefix.layers):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert set(overlapped.timings) == set(serial.timings) == {"proposals", "features", "vision", "prompt_prefix"}
+    text = scene.instructions[0].text
+    a, b = untrained_tiny_model.query(overlapped, text), untrained_tiny_model.query(serial, text)
+    assert np.array_equal(a.iop_scores, b.iop_scores) and np.array_equal(a.mask, b.mask)
+
+
+def test_overlapped_prepare_reports_either_branchs_error_and_recovers(untrained_tiny_model, monkeypatch):
+    image = ProceduralDataset("val", 1).scene(0).image
+    features = untrained_tiny_model.features
+
+    def broken(pixels):
+        raise RuntimeError("DINOv2 failed")
+
+    monkeypatch.setattr(features, "patch_features", broken)
+    with pytest.raises(RuntimeError, match="DINOv2 failed"):
+        untrained_tiny_model.prepare(image, overlap=True)
+    monkeypatch.undo()
+    finished = []
+
+    def slow_branch(*args):
+        time.sleep(0.2)  # still running when the proposal pass fails
+        result = LLMSeg._image_branch(untrained_tiny_model, *args)
+        finished.append(True)
+        return result
+
+    def broken_sam(image):
+        raise RuntimeError("SAM failed")
+
+    monkeypatch.setattr(untrained_tiny_model, "_image_branch", slow_branch)
+    monkeypatch.setattr(untrained_tiny_model, "proposal_generator", broken_sam)
+    with pytest.raises(RuntimeError, match="SAM failed"):
+        untrained_tiny_model.prepare(image, overlap=True)
+    assert finished == [True]  # waited for, not left running behind the error
+    monkeypatch.undo()
+    frame = untrained_tiny_model.prepare(image, overlap=True)
+    assert frame.proposals.count > 0
+
+
+def test_a_model_that_has_overlapped_still_deep_copies(untrained_tiny_model):
+    """Its background thread is not copied (a thread cannot be): the copy starts its own."""
+    import copy
+    import pickle
+
+    untrained_tiny_model.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
+    copied = copy.deepcopy(untrained_tiny_model)
+    frame = copied.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
+    assert frame.mask_embeddings.shape[0] == frame.proposals.count
+    assert copied._worker is not untrained_tiny_model._worker
+    worker = pickle.loads(pickle.dumps(untrained_tiny_model._worker))
+    assert worker.submit(sum, [1, 2]).result() == 3
+    worker.shutdown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llmseg_model.config import LLMSegConfig, preset_config
+from llmseg_model.modeling.background import BackgroundWorker
 from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
 from llmseg_model.modeling.fusion import build_fusion
 from llmseg_model.modeling.instances import instance_masks, merge_instances
@@ -30,7 +32,7 @@ from llmseg_model.modeling.losses import LossOutput, llmseg_loss
 from llmseg_model.modeling.outputs import FrameFeatures, Result
 from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image
 from llmseg_model.modeling.selection import select_proposals
-from llmseg_model.modeling.vlm import SegVLM
+from llmseg_model.modeling.vlm import PromptPrefix, SegVLM
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class LLMSeg(nn.Module):
         self.features = features
         self.vlm = vlm
         self.fusion = build_fusion(config.fusion, config.features.embed_dim, config.vlm.seg_embed_dim)
+        self._worker = BackgroundWorker("llmseg-frame")  # prepare's image branch (see `prepare`)
 
     # ---------------------------------------------------------------- building and weights
     @classmethod
@@ -172,7 +175,9 @@ class LLMSeg(nn.Module):
         return config
 
     def release(self) -> None:
-        """Free the model's memory (GPU included) before the object is dropped."""
+        """Free the model's memory (GPU included) and its background thread before the object is
+        dropped."""
+        self._worker.shutdown()
         self.to("cpu")
         gc.collect()
         if torch.cuda.is_available():
@@ -184,28 +189,46 @@ class LLMSeg(nn.Module):
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
-    def prepare(self, image: np.ndarray, cache_prompt: bool = True, proposals: Proposals | None = None) -> FrameFeatures:
+    def prepare(
+        self,
+        image: np.ndarray,
+        cache_prompt: bool = True,
+        proposals: Proposals | None = None,
+        overlap: bool | None = None,
+    ) -> FrameFeatures:
         """Everything that depends on the image only: proposals, mask embeddings, image tokens,
         and (with `cache_prompt`) the KV cache of the prompt up to the question. `proposals`
-        (e.g. from the proposal cache) stand in for running SAM."""
+        (e.g. from the proposal cache) stand in for running SAM.
+
+        `overlap` computes the image branch (DINOv2 patches, LLaVA image tokens, prompt prefix) on
+        the model's background thread while SAM proposes on this one; the values are the same
+        either way. None: overlap on the CPU, where the two branches then use two cores (on a
+        GPU both would queue on one stream). With overlap the stage timings overlap too, so
+        their sum exceeds the frame's wall time."""
         check_image(image)
         timings: dict[str, float] = {}
         if proposals is not None:
             if proposals.image_size != image.shape[:2]:
                 raise ValueError(f"proposals are for a {proposals.image_size} image, this one is {image.shape[:2]}")
+        if overlap is None:
+            overlap = self.device.type == "cpu"
+        if overlap and proposals is None:
+            branch = self._worker.submit(self._image_branch, image, cache_prompt)
+            try:
+                with timed(timings, "proposals"):
+                    proposals = self.proposal_generator(image)
+            finally:
+                wait([branch])  # never leave the branch running behind a failed proposal pass
+            patches, image_features, prefix, branch_timings = branch.result()
         else:
-            with timed(timings, "proposals"):
-                proposals = self.proposal_generator(image)
-        with timed(timings, "features"):
+            if proposals is None:
+                with timed(timings, "proposals"):
+                    proposals = self.proposal_generator(image)
+            patches, image_features, prefix, branch_timings = self._image_branch(image, cache_prompt)
+        timings.update(branch_timings)
+        with timed(timings, "features"):  # added to the branch's DINOv2 time: the pooling
             lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
-            patches = self.features.patch_features(self.features.preprocess(image))
             embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0]
-        with timed(timings, "vision"):
-            image_features = self.vlm.image_features(self.vlm.pixel_values(image).to(self.device))
-        prefix = None
-        if cache_prompt:
-            with timed(timings, "prompt_prefix"):
-                prefix = self.vlm.encode_prefix(image_features)
         return FrameFeatures(
             image_size=image.shape[:2],
             proposals=proposals,
@@ -214,6 +237,23 @@ class LLMSeg(nn.Module):
             timings=timings,
             prefix=prefix,
         )
+
+    @torch.inference_mode()  # on the worker thread too: grad mode is per thread
+    def _image_branch(
+        self, image: np.ndarray, cache_prompt: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, PromptPrefix | None, dict[str, float]]:
+        """The part of `prepare` that needs no proposals: DINOv2 patch features, LLaVA image
+        tokens and the prompt prefix, with their timings."""
+        timings: dict[str, float] = {}
+        with timed(timings, "features"):
+            patches = self.features.patch_features(self.features.preprocess(image))
+        with timed(timings, "vision"):
+            image_features = self.vlm.image_features(self.vlm.pixel_values(image).to(self.device))
+        prefix = None
+        if cache_prompt:
+            with timed(timings, "prompt_prefix"):
+                prefix = self.vlm.encode_prefix(image_features)
+        return patches, image_features, prefix, timings
 
     def check_instruction(self, text: str) -> str:
         """The instruction as the model will read it (whitespace normalised); ValueError saying why
