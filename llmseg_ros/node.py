@@ -451,7 +451,7 @@ class SegmentationNode(LifecycleNode):
             return fail_all(SegmentationResult.MODEL_ERROR, self._model_error or "no model")
         if cached is None:
             try:
-                features = model.prepare(rgb)
+                features = model.prepare(rgb, overlap=None if runtime["overlap_frame_stages"] else False)
             except ValueError as invalid:
                 return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
         else:

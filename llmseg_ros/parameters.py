@@ -132,6 +132,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("frame_binding", "arrival", "arrival: an instruction is about the newest frame when it arrives; worker: "
          "the newest when the worker takes it (the old behaviour)", RUNTIME, choices=("arrival", "worker")),
     _i("max_batch", 16, 1, 256, "most instructions on one frame answered in one batched query"),
+    Spec("overlap_frame_stages", True, "on the CPU, compute DINOv2, the LLaVA image tokens and the prompt prefix on "
+         "a second thread while SAM proposes (the same values, a frame sooner where a second core is free); false: "
+         "one after the other on the worker thread", RUNTIME, bool),
     _f("depth_tolerance", 0.015, 0.0, 1.0, "seconds; a depth image pairs with the colour frame stamped within "
        "this of it"),
     _f("min_depth", 0.1, 0.0, 1000.0, "metres; nearer depth pixels are invalid"),

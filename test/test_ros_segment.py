@@ -169,6 +169,28 @@ def test_service_with_own_image_and_latest_frame(untrained_node):
     assert result.instruction_id.startswith("srv-")
 
 
+def test_frame_stages_in_turn_or_overlapped_give_the_same_answer(untrained_node):
+    """overlap_frame_stages: false runs the frame's stages one after the other (one core); the
+    answer is the one the overlapped default gives."""
+    node, client = untrained_node
+    pixels = scene(64, 80, seed=5)
+    overlapped = client.segment("the red ball", image=rgb_image(pixels, stamp=stamp_now(), frame_id="ovl"), timeout=120)
+    assert client.set_parameters(overlap_frame_stages=False)[0].successful
+    try:
+        in_turn = client.segment("the red ball", image=rgb_image(pixels, stamp=stamp_now(1.0), frame_id="ovl"), timeout=120)
+    finally:
+        assert client.set_parameters(overlap_frame_stages=True)[0].successful
+    for result in (overlapped, in_turn):
+        check_answer(result, 64, 80)
+        assert not result.frame_cached
+    assert np.array_equal(as_mask(overlapped.mask), as_mask(in_turn.mask))
+
+    def instances(result):
+        return [(list(i.proposal_indices), i.score, i.iou_score) for i in result.instances]
+
+    assert instances(overlapped) == instances(in_turn)
+
+
 def test_runtime_threshold_reaches_the_model(untrained_node):
     node, client = untrained_node
     client.publish_image(rgb_image(scene(seed=4)))
