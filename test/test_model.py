@@ -233,3 +233,28 @@ def test_a_model_that_has_overlapped_still_deep_copies(untrained_tiny_model):
     worker = pickle.loads(pickle.dumps(untrained_tiny_model._worker))
     assert worker.submit(sum, [1, 2]).result() == 3
     worker.shutdown()
+
+
+def test_the_background_thread_ends_with_release_or_with_its_model(untrained_tiny_model):
+    import copy
+    import gc
+    import threading
+
+    def frame_threads() -> int:
+        return sum(thread.name.startswith("llmseg-frame") for thread in threading.enumerate())
+
+    before = frame_threads()
+    released = copy.deepcopy(untrained_tiny_model)
+    released.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
+    assert frame_threads() == before + 1
+    released.release()
+    assert frame_threads() == before
+    dropped = copy.deepcopy(untrained_tiny_model)
+    dropped.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
+    assert frame_threads() == before + 1
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while frame_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert frame_threads() == before
