@@ -212,19 +212,18 @@ class LLMSeg(nn.Module):
                 raise ValueError(f"proposals are for a {proposals.image_size} image, this one is {image.shape[:2]}")
         if overlap is None:
             overlap = self.device.type == "cpu"
-        if overlap and proposals is None:
-            branch = self._worker.submit(self._image_branch, image, cache_prompt)
-            try:
-                with timed(timings, "proposals"):
-                    proposals = self.proposal_generator(image)
-            finally:
-                wait([branch])  # never leave the branch running behind a failed proposal pass
-            patches, image_features, prefix, branch_timings = branch.result()
-        else:
+        # Beside SAM only when SAM runs: given proposals leave this thread nothing to do meanwhile.
+        branch = self._worker.submit(self._image_branch, image, cache_prompt) if overlap and proposals is None else None
+        try:
             if proposals is None:
                 with timed(timings, "proposals"):
                     proposals = self.proposal_generator(image)
-            patches, image_features, prefix, branch_timings = self._image_branch(image, cache_prompt)
+        finally:
+            if branch is not None:
+                wait([branch])  # never leave the branch running behind a failed proposal pass
+        patches, image_features, prefix, branch_timings = (
+            branch.result() if branch is not None else self._image_branch(image, cache_prompt)
+        )
         timings.update(branch_timings)
         with timed(timings, "features"):  # added to the branch's DINOv2 time: the pooling
             lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
