@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 
 class BackgroundWorker:
-    """A single worker thread, started on first use. Copies and pickles of its owner start without
-    one (a thread cannot be copied), so `copy.deepcopy(model)` and `torch.save(model)` still work."""
+    """A single worker thread, started on first use. A copy or an unpickled worker starts without
+    one (a thread cannot be copied), so `copy.deepcopy(model)` still works."""
 
     def __init__(self, name: str) -> None:
         self.name = name
