@@ -240,21 +240,24 @@ def test_the_background_thread_ends_with_release_or_with_its_model(untrained_tin
     import gc
     import threading
 
-    def frame_threads() -> int:
-        return sum(thread.name.startswith("llmseg-frame") for thread in threading.enumerate())
+    # Threads are followed by identity: other tests' dropped models may still be ending theirs.
+    def frame_threads() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name.startswith("llmseg-frame")}
 
-    before = frame_threads()
+    def started_by(model) -> threading.Thread:
+        before = frame_threads()
+        model.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
+        started = frame_threads() - before
+        assert len(started) == 1
+        return started.pop()
+
     released = copy.deepcopy(untrained_tiny_model)
-    released.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
-    assert frame_threads() == before + 1
+    thread = started_by(released)
     released.release()
-    assert frame_threads() == before
+    assert not thread.is_alive()
     dropped = copy.deepcopy(untrained_tiny_model)
-    dropped.prepare(np.zeros((64, 64, 3), np.uint8), overlap=True)
-    assert frame_threads() == before + 1
+    thread = started_by(dropped)
     del dropped
     gc.collect()
-    deadline = time.monotonic() + 10
-    while frame_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert frame_threads() == before
+    thread.join(timeout=10)
+    assert not thread.is_alive()
