@@ -10,10 +10,11 @@ Instructions (topics and the service) are listened to in every state and always 
 NOT_ACTIVE unless the node is active.
 
 Threads: executor callbacks only validate and store frames (llmseg_ros.frames) and queue
-instructions, each bound to the newest frame when it arrives; one worker thread runs the model
-(llmseg_ros.worker) and answers every queued instruction on the same frame together, with one
-`LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch` (llmseg_ros.batching); results,
-masks, overlays, points and markers go out through llmseg_ros.outputs. With `use_depth` the answer
+instructions, each bound to the newest frame when it arrives; one worker thread (llmseg_ros.worker)
+runs the model and answers every queued instruction on the same frame together, with one
+`LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch` (llmseg_ros.answering, which
+also delivers every result); results, masks, overlays, points and markers go out through
+llmseg_ros.outputs. With `use_depth` the answer
 is placed in 3D (llmseg_ros.spatial); standing instructions (the Track action and the
 `standing_instructions` parameter, llmseg_ros.standing) are answered again on new frames; health
 goes to /diagnostics (llmseg_ros.diagnostics). Every callback is guarded and the spin loop
@@ -50,9 +51,10 @@ from llmseg_interfaces.msg import Instruction, SegmentationResult
 from llmseg_interfaces.srv import Segment
 from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.modeling.prompting import clean_instruction
-from llmseg_ros import batching, conversions, diagnostics, parameters, results, spatial
-from llmseg_ros.batching import Job, Member
-from llmseg_ros.frames import NS, Frame, FrameStore, Pick, make_frame, stamp_to_ns
+from llmseg_ros import conversions, diagnostics, parameters, spatial
+from llmseg_ros.answering import BatchRunner, Replies, job_status
+from llmseg_ros.batching import Job
+from llmseg_ros.frames import NS, Frame, FrameStore, make_frame, stamp_to_ns
 from llmseg_ros.outputs import Outputs
 from llmseg_ros.parameters import SPEC, NodeParameters
 from llmseg_ros.results import status_name, status_result  # noqa: F401  (status_name: public helper)
@@ -125,6 +127,7 @@ class SegmentationNode(LifecycleNode):
         self._stats = diagnostics.Stats()
         self._recently_lost = 0
         self._standing = StandingTasks()
+        self._replies = Replies(self.get_logger(), self._stats, self._standing)
 
         # Instructions, results, the service and the action exist in every lifecycle state, so
         # every instruction and goal is answered (NOT_ACTIVE when not active); only images wait
@@ -168,8 +171,14 @@ class SegmentationNode(LifecycleNode):
         self._use_depth = values["use_depth"]
         self._max_track_goals = values["max_track_goals"]
         self._device = values["device"]
+        runner = BatchRunner(
+            frames=self._frames, runtime=self.parameters.snapshot, replies=self._replies, extras=self._outputs.extras,
+            stats=self._stats, logger=self.get_logger(), use_depth=self._use_depth,
+            now_ns=lambda: self.get_clock().now().nanoseconds, load_model=self._model_or_reason,
+            queue=lambda: self._worker, schedule_standing=self._schedule_standing,
+        )
         with self._state_lock:
-            self._worker = Worker(self._process, values["max_queue"])
+            self._worker = Worker(runner.process, values["max_queue"])
             self._configured = True
         selection = self._config.selection
         self.get_logger().info(
@@ -227,7 +236,7 @@ class SegmentationNode(LifecycleNode):
         self._unsubscribe()
         self._tracks.end_all("the node was deactivated")
         for job in jobs:
-            self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node was deactivated"))
+            self._replies.send(job, job_status(job, SegmentationResult.NOT_ACTIVE, "the node was deactivated"))
         return TransitionCallbackReturn.SUCCESS
 
     @logged_transition
@@ -262,7 +271,7 @@ class SegmentationNode(LifecycleNode):
         self._tracks.end_all("the node is shutting down")
         if worker is not None:
             for job in worker.stop(timeout=30.0):
-                self._reply(job, self._status(job, SegmentationResult.NOT_ACTIVE, "the node is shutting down"))
+                self._replies.send(job, job_status(job, SegmentationResult.NOT_ACTIVE, "the node is shutting down"))
         self._frames.clear()
         if self._model is not None:
             self._model.release()
@@ -354,7 +363,7 @@ class SegmentationNode(LifecycleNode):
             worker = self._worker
             if worker is not None:
                 worker.cancel(job)
-            return self._status(job, SegmentationResult.MODEL_ERROR, f"no result within service_timeout={timeout} s")
+            return job_status(job, SegmentationResult.MODEL_ERROR, f"no result within service_timeout={timeout} s")
 
     def _submit(self, job: Job, bounded: bool = True) -> None:
         """Queue a job for the worker, bound to the newest frame now (frame_binding: arrival), or
@@ -368,7 +377,7 @@ class SegmentationNode(LifecycleNode):
                 if self._worker.submit(job, bounded):
                     return
                 status, error = SegmentationResult.QUEUE_FULL, f"{self._worker.max_queue} instructions already queued"
-        self._reply(job, self._status(job, status, error, job.image))
+        self._replies.send(job, job_status(job, status, error, job.image))
 
     def _precheck(self, job: Job) -> tuple[int | None, str]:
         """Checks that need no model, in order: state, the message, the text, a service image."""
@@ -399,136 +408,7 @@ class SegmentationNode(LifecycleNode):
                 "qos_overrides.<image topic>.subscription.reliability: reliable)"
             )
 
-    # ------------------------------------------------------------------ the worker thread
-    def _process(self, head: Job) -> None:
-        """Answer the oldest queued instruction together with every queued one on the same frame;
-        each member gets exactly one result, whatever fails."""
-        members: list[Member] = []
-        try:
-            self._run_batch(head, members)
-        except Exception as error:  # never let one batch take the node down
-            self.get_logger().error(f"instruction {head.id!r} (batch of {max(len(members), 1)}) failed:\n"
-                                    f"{traceback.format_exc()}")
-            if not members:
-                members.append(Member(head, {"queue": time.monotonic() - head.received}))
-            for member in members:
-                if not member.replied:
-                    self._answer(member, self._status(member.job, SegmentationResult.MODEL_ERROR, repr(error)))
-        try:
-            self._schedule_standing(self._frames.buffer.newest())
-        except Exception:
-            self.get_logger().error(f"standing instructions could not be scheduled:\n{traceback.format_exc()}")
-
-    def _run_batch(self, head: Job, members: list[Member]) -> None:
-        runtime = self.parameters.snapshot()
-        taken = time.monotonic()
-        members.append(Member(head, {"queue": taken - head.received}))
-        pick = self._resolve(head, runtime)
-        if pick.status:
-            self._answer(members[0], self._status(head, pick.status, pick.error, pick.frame))
-            return
-        if pick.late:
-            self.get_logger().warning(f"instruction {head.id!r}: {pick.late}", throttle_duration_sec=10.0)
-        frame, cached = pick.frame, pick.cached
-        members += self._companions(head, frame, runtime, runtime["max_batch"] - 1, taken)
-
-        def fail_all(status: int, error: str) -> None:
-            for member in members:
-                if not member.replied:
-                    self._answer(member, self._status(member.job, status, error, frame))
-
-        start = time.monotonic()
-        if cached is None:
-            try:
-                rgb = batching.decode(frame.msg, runtime)
-            except ValueError as invalid:
-                return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
-        else:
-            rgb = cached.rgb
-        decode = time.monotonic() - start
-        model = self._ensure_model()
-        if model is None:
-            return fail_all(SegmentationResult.MODEL_ERROR, self._model_error or "no model")
-        if cached is None:
-            try:
-                features = model.prepare(rgb, overlap=None if runtime["overlap_frame_stages"] else False)
-            except ValueError as invalid:
-                return fail_all(SegmentationResult.BAD_IMAGE, str(invalid))
-        else:
-            features = cached.features
-        for member in members:
-            member.stages["decode"] = decode
-            if cached is None:
-                member.stages.update(features.timings)
-        self._frames.remember(frame, features, rgb)
-        # Instructions on this frame that arrived during its proposal pass join the batch.
-        late = self._companions(head, frame, runtime, runtime["max_batch"] - len(members), time.monotonic())
-        for member in late:
-            member.joined_late = True
-        members += [m for m in late if not m.replied]
-
-        batching.apply_runtime(model, runtime)
-        live = [m for m in members if not m.replied]
-        answers, batch = batching.query_jobs(model, features, [m.job for m in live])
-        if batch:
-            self._stats.batch(batch, cached is None)
-        for member, answer in zip(live, answers):
-            job = member.job
-            if isinstance(answer, str):
-                self._answer(member, self._status(job, SegmentationResult.BAD_INSTRUCTION, answer, frame))
-                continue
-            if isinstance(answer, ValueError):
-                self._answer(member, self._status(job, SegmentationResult.MODEL_ERROR, str(answer), frame))
-                continue
-            member.stages.update({k: v for k, v in answer.timings.items() if k not in features.timings})
-            result = self._status(job, SegmentationResult.OK, "", frame)
-            result.frame_cached = cached is not None or member.joined_late
-            result.batch_size = batch
-            labels, masks = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
-            union = spatial.place(result, masks, frame, self._frames, runtime, member.stages) if self._use_depth else None
-            self._answer(member, result)
-            self._outputs.extras(result, rgb, labels, union, frame, runtime)
-
-    def _resolve(self, job: Job, runtime: dict[str, Any]) -> Pick:
-        """The frame a job is about: its own image, the newest frame when it arrived, the frame its
-        stamp names, or the newest frame now."""
-        if job.image is not None:
-            return Pick(job.image)
-        if job.bound_ns is not None:
-            return self._frames.choose(job.bound, runtime, job.bound_ns)
-        return self._frames.pick(job.image_stamp_ns, runtime, self.get_clock().now().nanoseconds)
-
-    def _companions(self, head: Job, frame: Frame, runtime: dict[str, Any], limit: int, taken: float) -> list[Member]:
-        """Queued jobs about the same frame (up to limit), taken out of the queue; those that fail
-        the frame's checks for their own arrival time are answered here."""
-        if head.image is not None or frame.seq is None or limit <= 0 or self._worker is None:
-            return []
-        newest = self._frames.buffer.newest() is frame
-        tolerance = int(runtime["image_stamp_tolerance"] * NS)
-
-        def joins(job: Job) -> bool:
-            if job.image is not None:
-                return False
-            if job.bound_ns is not None:
-                return job.bound is frame
-            if job.image_stamp_ns:
-                return abs(job.image_stamp_ns - frame.stamp_ns) <= tolerance
-            return newest  # bound when taken: the newest frame, which this one is
-
-        members = []
-        for job in self._worker.take(joins, limit):
-            member = Member(job, {"queue": taken - job.received})
-            members.append(member)
-            if job.bound_ns is not None:
-                pick = self._frames.choose(frame, runtime, job.bound_ns)
-            elif job.image_stamp_ns:
-                pick = Pick(frame)
-            else:
-                pick = self._frames.choose(frame, runtime, self.get_clock().now().nanoseconds)
-            if pick.status:
-                self._answer(member, self._status(job, pick.status, pick.error, frame))
-        return members
-
+    # ------------------------------------------------------------------ the model (worker thread)
     def _ensure_model(self) -> Any:
         """The model, built here on first use when lazy_model_load is set; None after a failed load."""
         if self._model is None and self._model_error is None:
@@ -539,34 +419,10 @@ class SegmentationNode(LifecycleNode):
                 self.get_logger().error(self._model_error)
         return self._model
 
-    # ------------------------------------------------------------------ outputs
-    @staticmethod
-    def _status(job: Job, status: int, error: str, frame: Frame | None = None) -> SegmentationResult:
-        return status_result(job.id, job.text, status, error, frame.header if frame is not None else None)
-
-    def _answer(self, member: Member, result: SegmentationResult) -> None:
-        """Reply to a batch member with its own timings (total: from its arrival to now)."""
-        member.stages["total"] = time.monotonic() - member.job.received
-        result.timings = results.timings(member.stages)
-        member.replied = True
-        self._reply(member.job, result)
-
-    def _reply(self, job: Job, result: SegmentationResult) -> None:
-        if not result.timings:
-            result.timings = results.timings({"total": time.monotonic() - job.received})
-        self._stats.result(result)
-        if result.status not in (SegmentationResult.OK, SegmentationResult.EMPTY):
-            message = f"instruction {job.id!r}: status {result.status_name}: {result.error}"
-            if job.standing is not None:  # answered again on every frame: say it now and then
-                self.get_logger().warning(message, throttle_duration_sec=5.0)
-            else:
-                self.get_logger().warning(message)
-        if job.standing is not None and not self._standing.finished(job.standing, result):
-            return  # the standing instruction ended while this was in flight
-        try:
-            job.reply(result)
-        except Exception as error:  # e.g. the context is already shut down
-            self.get_logger().error(f"could not deliver the result of {job.id!r}: {error!r}")
+    def _model_or_reason(self) -> tuple[Any, str]:
+        """The model for the worker's next batch, or None and why there is none."""
+        model = self._ensure_model()
+        return model, "" if model is not None else self._model_error or "no model"
 
     # ------------------------------------------------------------------ standing instructions
     def _schedule_standing(self, frame: Frame | None) -> None:
