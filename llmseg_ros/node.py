@@ -14,13 +14,13 @@ instructions, each bound to the newest frame when it arrives; one worker thread 
 runs the model and answers every queued instruction on the same frame together, with one
 `LLMSeg.prepare` (or the cached frame) and one `LLMSeg.query_batch` (llmseg_ros.answering, which
 also delivers every result); results, masks, overlays, points and markers go out through
-llmseg_ros.outputs. With `use_depth` the answer
-is placed in 3D (llmseg_ros.spatial); standing instructions (the Track action and the
-`standing_instructions` parameter, llmseg_ros.standing) are answered again on new frames; health
-goes to /diagnostics (llmseg_ros.diagnostics). Every callback is guarded and the spin loop
-(llmseg_ros.spinning) outlives exceptions raised inside rclpy's own services: no message and no
-accepted parameter value may end the process. `gil_switch_interval` keeps the worker's Python from
-starving the executor threads that take the frames.
+llmseg_ros.outputs. With `use_depth` the answer is placed in 3D (llmseg_ros.spatial); standing
+instructions (the Track action and the `standing_instructions` parameter, llmseg_ros.standing) are
+answered again on new frames; health goes to /diagnostics (llmseg_ros.diagnostics). Every
+callback is guarded and the spin loop (llmseg_ros.spinning) outlives exceptions raised inside
+rclpy's own services: no message and no accepted parameter value may end the process.
+`gil_switch_interval` keeps the worker's Python from starving the executor threads that take the
+frames.
 """
 
 from __future__ import annotations
