@@ -71,8 +71,10 @@ class Bench:
         self.gate = threading.Event()
         self.queue: Worker[Job] = Worker(lambda job: self.gate.wait(30), max_queue=16)
         self.queue.submit(Job(id="gate", text="", image_stamp_ns=0, received=0.0, reply=lambda r: None))
-        while self.queue.queued():  # the thread holds the gate job; what is queued next waits
+        deadline = time.monotonic() + 10.0
+        while self.queue.queued() and time.monotonic() < deadline:  # until the thread holds the gate job
             time.sleep(0.01)
+        assert not self.queue.queued(), "the queue's thread never took its first job"
 
     def add_frame(self, rgb):
         frame = make_frame(rgb_image(rgb), self.frames.arrived(None), 4096, 64 << 20, time.time_ns())
