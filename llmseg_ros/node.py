@@ -409,20 +409,16 @@ class SegmentationNode(LifecycleNode):
             )
 
     # ------------------------------------------------------------------ the model (worker thread)
-    def _ensure_model(self) -> Any:
-        """The model, built here on first use when lazy_model_load is set; None after a failed load."""
+    def _model_or_reason(self) -> tuple[Any, str]:
+        """The model for the worker's next batch, built here on first use when lazy_model_load is
+        set; None and why after a failed load."""
         if self._model is None and self._model_error is None:
             try:
                 self._model = self._build_model(self.parameters.effective())
             except Exception as error:
                 self._model_error = f"cannot load the {self._config.preset} model: {error}"
                 self.get_logger().error(self._model_error)
-        return self._model
-
-    def _model_or_reason(self) -> tuple[Any, str]:
-        """The model for the worker's next batch, or None and why there is none."""
-        model = self._ensure_model()
-        return model, "" if model is not None else self._model_error or "no model"
+        return self._model, "" if self._model is not None else self._model_error or "no model"
 
     # ------------------------------------------------------------------ standing instructions
     def _schedule_standing(self, frame: Frame | None) -> None:
