@@ -1,11 +1,14 @@
 """Every way of answering gives the plain path's <SEG> state, scores and masks.
 
-Plain path: the whole prompt run from scratch for one instruction. Faster paths: the frame's
-cached prompt prefix, several instructions in one padded forward (`query_batch`), the answer
-given or verified instead of generated. They must agree within 1e-5 on the shipped tiny preset.
+Plain path: the whole prompt run from scratch for one instruction, the whole fusion per
+instruction. Faster paths: the frame's cached prompt prefix and proposal tokens, several
+instructions in one padded forward (`query_batch`), the answer given or verified instead of
+generated. They must agree within 1e-5 on the shipped tiny preset.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,8 +53,10 @@ def test_cached_batched_and_verified_answers_equal_free_generation(shipped, scen
 
 def test_query_batch_equals_one_query_at_a_time_on_an_uncached_frame(shipped, scene):
     texts = [instruction.text for instruction in scene.instructions]
-    batch = shipped.query_batch(shipped.prepare(scene.image), texts)
-    plain_frame = shipped.prepare(scene.image, cache_prompt=False)
+    frame = shipped.prepare(scene.image)
+    assert frame.proposal_tokens is not None and frame.proposal_tokens.shape[1] == frame.proposals.count
+    batch = shipped.query_batch(frame, texts)
+    plain_frame = replace(shipped.prepare(scene.image, cache_prompt=False), proposal_tokens=None)
     assert plain_frame.prefix is None
     for text, result in zip(texts, batch):
         alone = shipped.query(plain_frame, text)

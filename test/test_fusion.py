@@ -108,3 +108,27 @@ def test_published_single_key_attention_keeps_every_parameter_in_training():
     assert all(p.grad is not None for p in fusion.parameters())
     assert torch.count_nonzero(single_key.q_proj.weight.grad) == 0
     assert torch.count_nonzero(single_key.v_proj.weight.grad) > 0
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_encoded_proposals_shared_by_a_batch_give_the_whole_fusion(variant, padded):
+    """The step before <SEG> (`encode_proposals`) computed once for a frame's proposals and shared
+    by every instruction's row gives what the whole fusion gives each row, and equals the first
+    step of the computation with gradients (the training path)."""
+    fusion = make(variant)
+    m, d = VARIANTS[variant]
+    emb, seg = torch.randn(1, 6, m), torch.randn(4, d)
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    if padded:
+        valid[0, 4:] = False
+    rows, row_valid = emb.expand(4, -1, -1), valid.expand(4, -1)
+    with torch.enable_grad():
+        whole = fusion(rows, seg, row_valid)
+    with torch.inference_mode():
+        encoded = fusion.encode_proposals(emb, valid)
+        shared = fusion(rows, seg, row_valid, encoded=encoded.expand(4, -1, -1))
+    assert encoded.shape == (1, 6, fusion.config.dim)
+    assert torch.allclose(whole.iop, shared.iop, atol=1e-6)
+    assert torch.equal(torch.isinf(whole.iou_logits), torch.isinf(shared.iou_logits))
+    assert torch.allclose(whole.iou_logits[row_valid], shared.iou_logits[row_valid], atol=1e-6)
+    assert not torch.allclose(shared.iop[0], shared.iop[1])  # the rows differ by their <SEG> only

@@ -10,6 +10,11 @@ Two variants (`FusionConfig.variant`): `PublishedFusion` is LLM-Seg's (model/LIS
 LISA_TwoWayAttentionBlock in model/transformer.py of wangjunchi/LLMSeg), with SAM's attention
 layers; `JointFusion` is the tiny preset's trained variant. Both take padded batches: padding
 proposals are masked out of every attention, so a padded row computes what it would alone.
+
+Both begin with a step that does not see <SEG> (`encode_proposals`: the published first block's
+self-attention over the proposals, the joint variant's input projection). A frame computes it once
+and every instruction on the frame continues from it (`forward(..., encoded=...)`), as the language
+model continues from the frame's cached prompt.
 """
 
 from __future__ import annotations
@@ -95,6 +100,13 @@ def unmask_empty_rows(pad: torch.Tensor) -> torch.Tensor:
     return pad
 
 
+def key_padding(valid: torch.Tensor) -> torch.Tensor | None:
+    """The published fusion's key padding mask (B, K), True where a proposal is padding; None when
+    none is, so attention runs without a mask."""
+    pad = unmask_empty_rows(~valid)
+    return pad if bool(pad.any()) else None
+
+
 class JointFusion(nn.Module):
     """The tiny preset's fusion: input projections, SEG inside the self-attention, 3-layer heads,
     cosine against a projection of the fused SEG."""
@@ -113,10 +125,21 @@ class JointFusion(nn.Module):
         self.seg_head = nn.Linear(config.dim, 256)
         self.iop_head = MLP(config.dim, config.dim, 1, num_layers=3)
 
-    def forward(self, mask_embeddings: torch.Tensor, seg_embedding: torch.Tensor, valid: torch.Tensor) -> FusionOutput:
-        """mask_embeddings (B, K, Dm), seg_embedding (B, Ds), valid (B, K) bool."""
+    def encode_proposals(self, mask_embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The proposal tokens before they meet <SEG> (B, K, dim): the input projection."""
+        return self.mask_in(mask_embeddings)
+
+    def forward(
+        self,
+        mask_embeddings: torch.Tensor,
+        seg_embedding: torch.Tensor,
+        valid: torch.Tensor,
+        encoded: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        """mask_embeddings (B, K, Dm), seg_embedding (B, Ds), valid (B, K) bool; `encoded`:
+        `encode_proposals(mask_embeddings, valid)` when already computed."""
         pad = unmask_empty_rows(~valid)
-        props = self.mask_in(mask_embeddings)
+        props = self.encode_proposals(mask_embeddings, valid) if encoded is None else encoded
         seg = self.seg_in(seg_embedding).unsqueeze(1)
         for block in self.blocks:
             seg, props = block(seg, props, pad)
@@ -179,7 +202,14 @@ class PublishedBlock(nn.Module):
 
     def forward(self, props: torch.Tensor, seg: torch.Tensor, pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """props (B, K, D), seg (B, 1, D), pad (B, K) True where a proposal is padding (None: none is)."""
-        props = self.norm1(props + self.self_attn(props, props, props, key_pad=pad))
+        return self.exchange(self.attend_proposals(props, pad), seg, pad)
+
+    def attend_proposals(self, props: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        """Step (1), which does not see <SEG>."""
+        return self.norm1(props + self.self_attn(props, props, props, key_pad=pad))
+
+    def exchange(self, props: torch.Tensor, seg: torch.Tensor, pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps (2) to (4), after the self-attention."""
         props = self.norm2(props + self.props_to_seg(props, seg, seg))
         props = self.norm3(props + self.mlp(props))
         seg = self.norm4(seg + self.seg_to_props(seg, props, props, key_pad=pad))
@@ -210,12 +240,26 @@ class PublishedFusion(nn.Module):
             nn.Linear(config.dim, config.embedding_hidden), nn.ReLU(inplace=True), nn.Linear(config.embedding_hidden, config.dim)
         )
 
-    def forward(self, mask_embeddings: torch.Tensor, seg_embedding: torch.Tensor, valid: torch.Tensor) -> FusionOutput:
-        """mask_embeddings (B, K, D), seg_embedding (B, D), valid (B, K) bool."""
-        pad = unmask_empty_rows(~valid)
-        pad = pad if bool(pad.any()) else None  # no padding: attention needs no mask
-        props, seg = mask_embeddings, seg_embedding.unsqueeze(1)
-        for layer in self.layers:
+    def encode_proposals(self, mask_embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The proposal tokens before they meet <SEG> (B, K, dim): the first block's self-attention
+        over the proposals, which the published block runs before any exchange with <SEG>
+        (LISA_TwoWayAttentionBlock in model/transformer.py of wangjunchi/LLMSeg)."""
+        return self.layers[0].attend_proposals(mask_embeddings, key_padding(valid))
+
+    def forward(
+        self,
+        mask_embeddings: torch.Tensor,
+        seg_embedding: torch.Tensor,
+        valid: torch.Tensor,
+        encoded: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        """mask_embeddings (B, K, D), seg_embedding (B, D), valid (B, K) bool; `encoded`:
+        `encode_proposals(mask_embeddings, valid)` when already computed."""
+        pad = key_padding(valid)
+        props = self.encode_proposals(mask_embeddings, valid) if encoded is None else encoded
+        seg = seg_embedding.unsqueeze(1)
+        props, seg = self.layers[0].exchange(props, seg, pad)
+        for layer in self.layers[1:]:
             props, seg = layer(props, seg, pad)
         props = self.final_norm(props + self.final_attn(props, seg, seg))
         iop = self.iop_head(props).squeeze(-1)

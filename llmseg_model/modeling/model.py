@@ -225,17 +225,25 @@ class LLMSeg(nn.Module):
             branch.result() if branch is not None else self._image_branch(image, cache_prompt)
         )
         timings.update(branch_timings)
-        with timed(timings, "features"):  # added to the branch's DINOv2 time: the pooling
+        with timed(timings, "features"):  # added to the branch's DINOv2 time: pooling, proposal tokens
             lowres, _ = proposals.padded_lowres(max(proposals.count, 1))
-            embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0]
+            embeddings = self.features.pool(patches, lowres.unsqueeze(0).to(self.device))[0][: proposals.count]
+            tokens = self.proposal_tokens(embeddings) if proposals.count else None
         return FrameFeatures(
             image_size=image.shape[:2],
             proposals=proposals,
-            mask_embeddings=embeddings[: proposals.count],
+            mask_embeddings=embeddings,
             image_features=image_features,
             timings=timings,
             prefix=prefix,
+            proposal_tokens=tokens,
         )
+
+    def proposal_tokens(self, mask_embeddings: torch.Tensor) -> torch.Tensor:
+        """The fusion's proposal tokens before they meet <SEG> (1, K, dim), from a frame's mask
+        embeddings (K, D): computed once a frame, shared by its instructions."""
+        valid = torch.ones((1, mask_embeddings.shape[0]), dtype=torch.bool, device=mask_embeddings.device)
+        return self.fusion.encode_proposals(mask_embeddings.unsqueeze(0), valid)
 
     @torch.inference_mode()  # on the worker thread too: grad mode is per thread
     def _image_branch(
@@ -272,8 +280,9 @@ class LLMSeg(nn.Module):
     @torch.inference_mode()
     def query_batch(self, frame: FrameFeatures, instructions: list[str], phrases: list[bool] | None = None) -> list[Result]:
         """Answer several instructions on one prepared frame: one padded LLM forward on the
-        frame's cached prompt, one fusion call. Each result's timings hold the frame's stages and
-        its share (1/N) of the batch's llm and fusion time."""
+        frame's cached prompt, one fusion call on the frame's proposal tokens (the part of the
+        fusion that does not see <SEG>, run by `prepare`). Each result's timings hold the frame's
+        stages and its share (1/N) of the batch's llm and fusion time."""
         if not instructions:
             return []
         for k, text in enumerate(instructions):
@@ -292,7 +301,9 @@ class LLMSeg(nn.Module):
             if count:
                 seg = torch.cat([embedding for _, embedding in answers])
                 valid = torch.ones((batch, count), dtype=torch.bool, device=self.device)
-                out = self.fusion(frame.mask_embeddings.unsqueeze(0).expand(batch, -1, -1), seg, valid)
+                tokens = frame.proposal_tokens if frame.proposal_tokens is not None else self.proposal_tokens(frame.mask_embeddings)
+                embeddings = frame.mask_embeddings.unsqueeze(0).expand(batch, -1, -1)
+                out = self.fusion(embeddings, seg, valid, encoded=tokens.expand(batch, -1, -1))
                 iou_rows = out.iou_logits.float().cpu().numpy()
                 iop_rows = out.iop.float().cpu().numpy()
             else:

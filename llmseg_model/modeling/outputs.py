@@ -1,8 +1,8 @@
 """What `LLMSeg.prepare` and `LLMSeg.query` return.
 
 `FrameFeatures` holds everything computed once per image (proposals, mask embeddings, the LLaVA
-image tokens and the KV cache of the prompt up to the question) so that several instructions on
-one frame cost one proposal pass and one short forward each.
+image tokens, the KV cache of the prompt up to the question and the fusion's proposal tokens) so
+that several instructions on one frame cost one proposal pass and one short forward each.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class FrameFeatures:
     image_features: torch.Tensor  # LLaVA vision tower + projector output, (1, N, hidden)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
     prefix: PromptPrefix | None = None  # the prompt before the question, run once (None: not cached)
+    # The fusion's proposal tokens before they meet <SEG> (1, K, dim), run once (None: each query
+    # computes them; also when there is no proposal).
+    proposal_tokens: torch.Tensor | None = None
 
 
 @dataclass
