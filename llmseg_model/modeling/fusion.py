@@ -255,8 +255,8 @@ class PublishedFusion(nn.Module):
     ) -> FusionOutput:
         """mask_embeddings (B, K, D), seg_embedding (B, D), valid (B, K) bool; `encoded`:
         `encode_proposals(mask_embeddings, valid)` when already computed."""
-        pad = key_padding(valid)
-        props = self.encode_proposals(mask_embeddings, valid) if encoded is None else encoded
+        pad = key_padding(valid)  # once: on a GPU reading whether any row pads waits for the device
+        props = self.layers[0].attend_proposals(mask_embeddings, pad) if encoded is None else encoded
         seg = seg_embedding.unsqueeze(1)
         props, seg = self.layers[0].exchange(props, seg, pad)
         for layer in self.layers[1:]:
