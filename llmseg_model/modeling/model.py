@@ -301,9 +301,9 @@ class LLMSeg(nn.Module):
             if count:
                 seg = torch.cat([embedding for _, embedding in answers])
                 valid = torch.ones((batch, count), dtype=torch.bool, device=self.device)
-                tokens = frame.proposal_tokens if frame.proposal_tokens is not None else self.proposal_tokens(frame.mask_embeddings)
                 embeddings = frame.mask_embeddings.unsqueeze(0).expand(batch, -1, -1)
-                out = self.fusion(embeddings, seg, valid, encoded=tokens.expand(batch, -1, -1))
+                tokens = frame.proposal_tokens  # None (a frame built without them): the fusion runs whole
+                out = self.fusion(embeddings, seg, valid, encoded=None if tokens is None else tokens.expand(batch, -1, -1))
                 iou_rows = out.iou_logits.float().cpu().numpy()
                 iop_rows = out.iop.float().cpu().numpy()
             else:

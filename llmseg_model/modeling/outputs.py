@@ -28,7 +28,7 @@ class FrameFeatures:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per prepare stage
     prefix: PromptPrefix | None = None  # the prompt before the question, run once (None: not cached)
     # The fusion's proposal tokens before they meet <SEG> (1, K, dim), run once (None: each query
-    # computes them; also when there is no proposal).
+    # runs the whole fusion; also when there is no proposal).
     proposal_tokens: torch.Tensor | None = None
 
 
