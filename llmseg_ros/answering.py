@@ -163,8 +163,8 @@ class BatchRunner:
             result = job_status(job, SegmentationResult.OK, "", frame)
             result.frame_cached = cached is not None or member.joined_late
             result.batch_size = batch
-            labels, masks = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
-            union = spatial.place(result, masks, frame, self.frames, runtime, member.stages) if self.use_depth else None
+            labels = results.fill_answer(result, answer, frame.header, runtime["publish_instance_labels"])
+            union = spatial.place(result, answer, frame, self.frames, runtime, member.stages) if self.use_depth else None
             self.replies.answer(member, result)
             self.extras(result, rgb, labels, union, frame, runtime)
 

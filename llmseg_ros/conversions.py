@@ -197,21 +197,6 @@ def image_to_mask(msg: Image) -> np.ndarray:
     return rows[:, : msg.width] > 0
 
 
-def label_image(instance_masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One label image for N instance masks, and the order of the instances in it.
-
-    Returns (labels, order): labels is (H, W) uint8 (uint16 beyond 255 instances) with 0 for
-    background and k for the instance order[k-1]; order sorts the instances by score, best first.
-    Where masks overlap, the higher-scoring instance owns the pixel.
-    """
-    count = len(instance_masks)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    labels = np.zeros(instance_masks.shape[1:], np.uint8 if count <= 255 else np.uint16)
-    for rank in range(count - 1, -1, -1):  # worst first, so better ones overwrite shared pixels
-        labels[instance_masks[order[rank]]] = rank + 1
-    return labels, order
-
-
 def labels_to_image(labels: np.ndarray, header=None) -> Image:
     """A label array as mono8 (uint8) or mono16 (uint16) sensor_msgs/Image."""
     return _image(np.ascontiguousarray(labels), "mono8" if labels.dtype == np.uint8 else "mono16", header)
@@ -222,15 +207,6 @@ def image_to_labels(msg: Image) -> np.ndarray:
     dtype = {"mono8": np.dtype(np.uint8), "mono16": np.dtype(">u2" if msg.is_bigendian else "<u2")}[msg.encoding]
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
     return rows[:, : msg.width * dtype.itemsize].copy().view(dtype).astype(np.uint16 if dtype.itemsize == 2 else np.uint8)
-
-
-def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """(center_x, center_y, size_x, size_y) of a mask's pixels, pixel (u, v) covering [u, u+1) x [v, v+1)."""
-    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
-    if not columns.size:
-        return 0.0, 0.0, 0.0, 0.0
-    size_x, size_y = float(columns[-1] - columns[0] + 1), float(rows[-1] - rows[0] + 1)
-    return float(columns[0]) + size_x / 2, float(rows[0]) + size_y / 2, size_x, size_y
 
 
 def is_empty(msg: Image) -> bool:

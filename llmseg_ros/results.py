@@ -36,37 +36,36 @@ def status_result(instruction_id: str, text: str, status: int, error: str = "", 
     return result
 
 
-def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_labels: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Put a model Result (llmseg_model.modeling.outputs.Result) into `result`; returns the label
-    array and the instance masks in the order of result.instances.
+def fill_answer(result: SegmentationResult, answer: Any, header: Any, with_labels: bool) -> np.ndarray:
+    """Put a model Result (llmseg_model.modeling.outputs.Result) into `result`; returns its label
+    image.
 
-    Instances are the Result's objects (merged proposals), ordered best IoP first and numbered 1..N
-    in the label image; each keeps its whole box, and its area counts the pixels it owns after
-    overlaps went to better ones.
+    Instances are the Result's objects (merged proposals), best IoP first, numbered 1..N in the
+    label image, where an overlap belongs to the better one; each keeps its whole box, and its
+    area counts the pixels it owns. Nothing here decodes a per-object mask: the label image, the
+    union and the boxes come with the Result.
     """
     status = SegmentationResult.EMPTY if answer.empty else SegmentationResult.OK
     result.status, result.status_name = status, status_name(status)
     result.mask = conversions.mask_to_image(answer.mask, header)
-    masks = np.asarray(answer.instance_masks, dtype=bool).reshape(-1, *answer.mask.shape)
-    labels, order = conversions.label_image(masks, answer.instance_scores)
+    labels = answer.labels
     if with_labels:
         result.instance_labels = conversions.labels_to_image(labels, header)
-    areas = np.bincount(labels.ravel(), minlength=len(order) + 1)
     instances = []
-    for rank, index in enumerate(order):
-        proposals = [int(i) for i in answer.instances[index].proposal_indices]
-        center_x, center_y, size_x, size_y = conversions.mask_box(masks[index])
+    for rank, instance in enumerate(answer.instances):
+        proposals = [int(i) for i in instance.proposal_indices]
+        x, y, width, height = (float(v) for v in instance.box)  # XYWH over whole pixels
         instances.append(Instance(
             label=rank + 1,
             proposal_indices=proposals,
-            score=float(answer.instance_scores[index]),
+            score=float(instance.score),
             iou_score=float(answer.iou_scores[proposals[0]]),
-            bbox=BoundingBox2D(center_x=center_x, center_y=center_y, size_x=size_x, size_y=size_y),
-            area=int(areas[rank + 1]),
+            bbox=BoundingBox2D(center_x=x + width / 2, center_y=y + height / 2, size_x=width, size_y=height),
+            area=int(answer.label_areas[rank]),
         ))
     result.instances = instances
     result.answer = answer.answer
-    return labels, masks[order]
+    return labels
 
 
 def timings(stages: dict[str, float]) -> list[StageTiming]:

@@ -135,10 +135,11 @@ def fill_3d(result: SegmentationResult, masks: np.ndarray, depth: DepthFrame, ru
     return union
 
 
-def place(result: SegmentationResult, masks: np.ndarray, frame: Frame, store: FrameStore, runtime: dict[str, Any],
+def place(result: SegmentationResult, answer: Any, frame: Frame, store: FrameStore, runtime: dict[str, Any],
           stages: dict[str, float]) -> geometry.Target3D | None:
     """The answer in 3D from the depth image paired with the frame, or the depth status that says
-    why not; the seconds it took go to `stages["depth"]`. Returns the union (for the point cloud)."""
+    why not; the seconds it took go to `stages["depth"]`. Returns the union (for the point cloud).
+    `answer`: the model's Result, whose per-object masks are decoded only when depth is usable."""
     if frame.seq is None:
         set_depth_status(result, SegmentationResult.DEPTH_MISSING, "a service call's own image has no depth")
         return None
@@ -151,7 +152,7 @@ def place(result: SegmentationResult, masks: np.ndarray, frame: Frame, store: Fr
     if status != SegmentationResult.DEPTH_OK:
         set_depth_status(result, status, why)
     else:
-        union = fill_3d(result, masks, depth, runtime)
+        union = fill_3d(result, answer.instance_masks, depth, runtime)
     stages["depth"] = time.monotonic() - start
     return union
 

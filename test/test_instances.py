@@ -117,6 +117,11 @@ def test_shipped_model_instances_count_objects_not_proposals():
     for instruction in scene.instructions:
         result = model.query(frame, instruction.text)
         assert np.array_equal(result.instance_masks.any(0), result.mask)
+        painted = np.zeros(result.mask.shape, np.uint8)  # better objects own the overlaps
+        for k in range(len(result.instances) - 1, -1, -1):
+            painted[result.instance_masks[k]] = k + 1
+        assert np.array_equal(result.labels, painted)
+        assert result.label_areas.tolist() == np.bincount(painted.ravel(), minlength=len(result.instances) + 1)[1:].tolist()
         assert np.array_equal(result.mask, frame.proposals.masks(result.proposal_indices).any(0))
         assert sorted(i for inst in result.instances for i in inst.proposal_indices) == sorted(result.proposal_indices)
         raw.append(len(result.proposal_indices))

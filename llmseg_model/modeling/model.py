@@ -27,10 +27,11 @@ from llmseg_model.config import LLMSegConfig, preset_config
 from llmseg_model.modeling.background import BackgroundWorker
 from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
 from llmseg_model.modeling.fusion import build_fusion
-from llmseg_model.modeling.instances import instance_masks, merge_instances
+from llmseg_model.modeling.instances import merge_instances
 from llmseg_model.modeling.losses import LossOutput, llmseg_loss
 from llmseg_model.modeling.outputs import FrameFeatures, Result
 from llmseg_model.modeling.proposals import ProposalGenerator, Proposals, build_sam, check_image
+from llmseg_model.modeling.rle import label_image
 from llmseg_model.modeling.selection import select_proposals
 from llmseg_model.modeling.vlm import PromptPrefix, SegVLM
 
@@ -315,12 +316,13 @@ class LLMSeg(nn.Module):
             with timed(timings, "selection"):
                 chosen = select_proposals(iou, iop, self.config.selection)
                 instances = merge_instances(frame.proposals, chosen.indices, chosen.scores, self.config.instances)
-                masks = instance_masks(instances, frame.image_size)
-                mask = masks.any(axis=0) if len(masks) else np.zeros(frame.image_size, dtype=bool)
+                labels, label_areas = label_image([instance.rle for instance in instances], frame.image_size)
+                mask = labels > 0
             results.append(
                 Result(
                     mask=mask,
-                    instance_masks=masks,
+                    labels=labels,
+                    label_areas=label_areas,
                     instance_scores=np.array([instance.score for instance in instances], np.float32),
                     instances=instances,
                     proposal_indices=chosen.indices,

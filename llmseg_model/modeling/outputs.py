@@ -8,11 +8,12 @@ that several instructions on one frame cost one proposal pass and one short forw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
-from llmseg_model.modeling.instances import Instance
+from llmseg_model.modeling.instances import Instance, instance_masks
 from llmseg_model.modeling.proposals import Proposals
 from llmseg_model.modeling.vlm import PromptPrefix
 
@@ -37,7 +38,10 @@ class Result:
     """The answer to one instruction on one frame."""
 
     mask: np.ndarray  # (H, W) bool, union of the selected proposals
-    instance_masks: np.ndarray  # (M, H, W) bool, one per object (overlapping proposals merged)
+    # (H, W) uint8 (uint16 beyond 255 objects): 0 outside the answer, k where instances[k-1] owns the
+    # pixel; where objects overlap the better one (earlier) owns it.
+    labels: np.ndarray
+    label_areas: np.ndarray  # (M,) int64 pixels each object owns in `labels` (its area less overlaps)
     instance_scores: np.ndarray  # (M,) float, best IoP score of each object's proposals
     proposal_indices: np.ndarray  # (N,) int, the selected proposals (indices into the frame's), best IoP first
     proposal_scores: np.ndarray  # (N,) float, their IoP scores
@@ -45,7 +49,14 @@ class Result:
     iop_scores: np.ndarray  # (K_valid,) float, IoP-head score of every proposal
     answer: str  # the LLM's answer text
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, prepare included
-    instances: list[Instance] = field(default_factory=list)  # the objects: RLE, box, score, their proposals
+    instances: list[Instance] = field(default_factory=list)  # the objects, best score first: RLE, box, score, proposals
+
+    @cached_property
+    def instance_masks(self) -> np.ndarray:
+        """(M, H, W) bool, each object's whole mask, in the order of `instances`. Decoded on first use:
+        the union and the label image come from the masks' runs, and at camera resolutions the
+        decoded masks cost more than the rest of the selection."""
+        return instance_masks(self.instances, self.mask.shape)
 
     @property
     def empty(self) -> bool:
