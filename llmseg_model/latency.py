@@ -27,6 +27,9 @@ frame's instructions answered every way, interleaved:
                             preset's answer mode on the cached prompt, <SEG> projection included)
   instruction/batch_N       LLMSeg.query_batch with N instructions, per instruction (N from
                             `batch_sizes`; the preset's answer mode, fusion and selection included)
+  instruction/fusion        batch_1's fusion stage and its selection stage (the threshold rule,
+  instruction/selection     the instances, the label image and the union; wall clock, the
+                            result's own timings): what one instruction costs beyond the forward
 
 with ratios to the lower bound, and batch_N's whole time to batch_1's. With --random-weights the
 LLaVA is random too, of the `llava` shape (TinyLlavaConfig fields; the paper default is a small
@@ -464,9 +467,9 @@ def llm_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
     return clock.seconds(lambda: model.vlm.answer_batch(frame.image_features, [text], prefix=frame.prefix))[0]
 
 
-def batch_seconds(model: Any, frame: Any, texts: list[str], clock: Clock) -> float:
-    """LLMSeg.query_batch for all of `texts` on the prepared frame (whole time)."""
-    return clock.seconds(lambda: model.query_batch(frame, texts))[0]
+def batch_seconds(model: Any, frame: Any, texts: list[str], clock: Clock) -> tuple[float, list[Any]]:
+    """LLMSeg.query_batch for all of `texts` on the prepared frame (whole time), and its results."""
+    return clock.seconds(lambda: model.query_batch(frame, texts))
 
 
 def proposal_recall(sam: Sam, proposals: ProposalConfig, split: str, count: int, seed: int) -> dict[str, float]:
@@ -560,7 +563,10 @@ def instruction_samples(config: LatencyConfig, model: Any, images: list[np.ndarr
             "instruction/llm": llm_seconds(model, frame, texts[f][0], clock),
         }
         for size in config.batch_sizes:
-            measured[f"instruction/batch_{size}"] = batch_seconds(model, frame, texts[f][:size], clock) / size
+            seconds, results = batch_seconds(model, frame, texts[f][:size], clock)
+            measured[f"instruction/batch_{size}"] = seconds / size
+            if size == 1:
+                measured |= {f"instruction/{stage}": results[0].timings[stage] for stage in ("fusion", "selection")}
         if step >= config.warmup:
             for key, seconds in measured.items():
                 samples.setdefault(key, []).append(seconds)

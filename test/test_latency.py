@@ -90,7 +90,7 @@ def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_wei
         batch_sizes=[1, 2], frame_height=96, frame_width=96, output_dir=str(tmp_path), progress=False,
     )
     quantities = run_latency(config)["quantities"]
-    for key in ("plain", "lower_bound", "llm", "batch_1", "batch_2"):
+    for key in ("plain", "lower_bound", "llm", "batch_1", "batch_2", "fusion", "selection"):
         stats = quantities[f"instruction/{key}"]
         assert stats["count"] == 1 and stats["median_ms"] > 0 and stats["ratio_to_lower_bound"] > 0
     assert quantities["instruction/lower_bound"]["ratio_to_lower_bound"] == 1.0
@@ -102,6 +102,7 @@ def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_wei
     assert quantities["prepare_serial/preset"]["count"] == 1 and quantities["prepare_serial/preset"]["median_ms"] > 0
     markdown = (tmp_path / "latency.md").read_text()
     assert "| instruction/batch_2 |" in markdown and "| prepare_serial/preset |" in markdown
+    assert "| instruction/selection |" in markdown
     assert "one after the other" in markdown
     assert "gpu_memory_gib" not in json.loads((tmp_path / "latency.json").read_text())  # CUDA only
     with pytest.raises(ValueError, match="batch_sizes"):
