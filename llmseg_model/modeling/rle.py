@@ -58,7 +58,8 @@ def label_image(rles: list[dict], size: tuple[int, int]) -> tuple[np.ndarray, np
             raise ValueError(f"an RLE covers {runs.sum()} pixels of a {height}x{width} image")
         flips.append(np.cumsum(runs))
     # Between two consecutive flips of any mask, every mask is constant: label those segments.
-    cuts = np.unique(np.concatenate([np.array([0, height * width])] + flips))
+    cuts = np.sort(np.concatenate([np.array([0, height * width])] + flips))
+    cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]  # np.unique's first call costs ~8 ms
     starts, lengths = cuts[:-1], np.diff(cuts)
     labels = np.zeros(len(starts), dtype)
     for k in range(len(rles) - 1, -1, -1):  # the last mask first, so earlier ones overwrite it
