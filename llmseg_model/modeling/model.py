@@ -317,10 +317,8 @@ class LLMSeg(nn.Module):
                 chosen = select_proposals(iou, iop, self.config.selection)
                 instances = merge_instances(frame.proposals, chosen.indices, chosen.scores, self.config.instances)
                 labels, label_areas = label_image([instance.rle for instance in instances], frame.image_size)
-                mask = labels > 0
             results.append(
                 Result(
-                    mask=mask,
                     labels=labels,
                     label_areas=label_areas,
                     instance_scores=np.array([instance.score for instance in instances], np.float32),

@@ -37,7 +37,6 @@ class FrameFeatures:
 class Result:
     """The answer to one instruction on one frame."""
 
-    mask: np.ndarray  # (H, W) bool, union of the selected proposals
     # (H, W) uint8 (uint16 beyond 255 objects): 0 outside the answer, k where instances[k-1] owns the
     # pixel; where objects overlap the better one (earlier) owns it.
     labels: np.ndarray
@@ -52,11 +51,16 @@ class Result:
     instances: list[Instance] = field(default_factory=list)  # the objects, best score first: RLE, box, score, proposals
 
     @cached_property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, the union of the selected proposals: every labelled pixel."""
+        return self.labels > 0
+
+    @cached_property
     def instance_masks(self) -> np.ndarray:
         """(M, H, W) bool, each object's whole mask, in the order of `instances`. Decoded on first use:
         the union and the label image come from the masks' runs, and at camera resolutions the
         decoded masks cost more than the rest of the selection."""
-        return instance_masks(self.instances, self.mask.shape)
+        return instance_masks(self.instances, self.labels.shape)
 
     @property
     def empty(self) -> bool:
