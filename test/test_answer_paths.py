@@ -84,6 +84,24 @@ def test_an_answer_unlike_the_template_falls_back_to_generation(shipped, scene):
         assert torch.allclose(seg_a, seg_b, atol=1e-5)
 
 
+def test_a_batch_where_only_some_answers_match_decoding_equals_free_generation(shipped, scene, monkeypatch):
+    """The template restates the first instruction only: that row is read from the batch's forward
+    and the others generate from where they differ; every row is free generation's result."""
+    frame = shipped.prepare(scene.image)
+    texts = [instruction.text for instruction in scene.instructions]
+    assert len(texts) >= 2
+    generated = answers(shipped, frame, texts, "generate", cached=True)
+    fallbacks = []
+    generate = type(shipped.vlm)._generate
+    monkeypatch.setattr(type(shipped.vlm), "_generate", lambda self, prompt, *a, **k: fallbacks.append(prompt) or generate(self, prompt, *a, **k))
+    monkeypatch.setattr(shipped.vlm.config, "answer", "Sure, " + shipped.vlm.prompts.clean(texts[0]) + " It is <SEG>.")
+    verified = answers(shipped, frame, texts, "verified", cached=True)
+    assert len(fallbacks) == len(texts) - 1
+    for (text_a, seg_a), (text_b, seg_b) in zip(generated, verified):
+        assert text_a == text_b
+        assert torch.allclose(seg_a, seg_b, atol=1e-5)
+
+
 def test_a_prompt_that_does_not_start_with_the_prefix_takes_the_uncached_path(shipped, scene):
     frame = shipped.prepare(scene.image)
     text = scene.instructions[0].text

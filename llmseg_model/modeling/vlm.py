@@ -121,7 +121,7 @@ class SegVLM(nn.Module):
         """The projection of <SEG> states (B, hidden) into the fusion space (B, D), in float32.
 
         At inference batch norm uses its running statistics, even for one query."""
-        if not inference:
+        if not inference or not self.seg_proj.training:
             return self.seg_proj(seg_hidden.float())
         was_training = self.seg_proj.training
         self.seg_proj.eval()
@@ -241,7 +241,7 @@ class SegVLM(nn.Module):
         if self.config.answer_mode == "generate":
             return [self._generate(prompt, image_features, prefix) for prompt in prompts]
         verify = self.config.answer_mode == "verified"
-        answers = [self._given(t) for t in instructions]
+        answers = self._given_batch(instructions)
         rows, reads = [], []
         for prompt, (_, ids, seg) in zip(prompts, answers):
             fed = ids if verify else ids[: seg + 1 + self.seg_offset()]
@@ -257,30 +257,64 @@ class SegVLM(nn.Module):
                 continue
             offset = len(prefix.ids) if cached else 0
             hidden, _ = self._forward_rows([tails[i][0] for i in members], image_features, prefix if cached else None)
+            # Each row's read-outs (the LM head, the projection) run once for all rows.
+            differs: list[int | None] = [None] * len(members)
+            if verify:
+                starts = [len(prompts[i]) - 1 - offset for i in members]
+                differs = self._first_differences(hidden, starts, [answers[i][1] for i in members])
+            kept = []
             for row, i in enumerate(members):
-                state = hidden[row, reads[i] - offset]
-                text = answers[i][0]
-                if verify:
-                    prompt_len, ids = len(prompts[i]), answers[i][1]
-                    positions = torch.arange(prompt_len - 1, prompt_len + len(ids), device=hidden.device) - offset
-                    predicted = self.base.lm_head(hidden[row, positions]).argmax(-1).tolist()
-                    expected = ids + [self.tokenizer.eos_token_id]
-                    if predicted != expected:
-                        first = next(k for k, (a, b) in enumerate(zip(predicted, expected)) if a != b)
-                        logger.debug("answer differs from greedy decoding at token %d; generating from there", first)
-                        results[i] = self._generate(prompts[i], image_features, prefix, start=ids[:first])
-                        continue
-                    text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()  # what decoding gives
-                results[i] = (text, self.project(state.unsqueeze(0)))
+                if differs[row] is None:
+                    kept.append(row)
+                    continue
+                logger.debug("answer differs from greedy decoding at token %d; generating from there", differs[row])
+                results[i] = self._generate(prompts[i], image_features, prefix, start=answers[i][1][: differs[row]])
+            if not kept:
+                continue
+            at = torch.tensor(kept, device=hidden.device)
+            states = hidden[at, torch.tensor([reads[members[row]] - offset for row in kept], device=hidden.device)]
+            projected = self.project(states)
+            texts: dict[tuple[int, ...], str] = {}  # decoding is the same for every row of one answer
+            for k, row in enumerate(kept):
+                text, ids, _ = answers[members[row]]
+                if verify:  # what decoding gives
+                    key = tuple(ids)
+                    if key not in texts:
+                        texts[key] = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
+                    text = texts[key]
+                results[members[row]] = (text, projected[k : k + 1])
         return results  # type: ignore[return-value]
 
     def _given(self, instruction: str) -> tuple[str, list[int], int]:
         """The preset's answer for an instruction: (text, its ids without EOS, index of <SEG>)."""
-        text = self.prompts.answer(instruction)
+        return self._given_answer(self.prompts.answer(instruction))
+
+    def _given_answer(self, text: str) -> tuple[str, list[int], int]:
         ids = self.prompts.answer_ids(text)[:-1]
         if self.seg_token_id not in ids:
             raise ValueError(f"vlm.answer must contain {self.config.seg_token}, got {self.config.answer!r}")
         return text, ids, ids.index(self.seg_token_id)
+
+    def _given_batch(self, instructions: list[str]) -> list[tuple[str, list[int], int]]:
+        """`_given` for each instruction, encoding each distinct answer text once."""
+        texts = [self.prompts.answer(instruction) for instruction in instructions]
+        encoded = {text: self._given_answer(text) for text in dict.fromkeys(texts)}
+        return [encoded[text] for text in texts]
+
+    def _first_differences(self, hidden: torch.Tensor, starts: list[int], answers: list[list[int]]) -> list[int | None]:
+        """For each row of `hidden` (B, T, H), the first token of its answer (EOS after it counted)
+        where greedy decoding differs, None where they agree; `starts[b]` is the position whose
+        state predicts row b's first answer token. One LM-head call over every row's positions."""
+        expected = [ids + [self.tokenizer.eos_token_id] for ids in answers]
+        rows = torch.tensor([b for b, ids in enumerate(expected) for _ in ids], device=hidden.device)
+        positions = torch.tensor([start + k for start, ids in zip(starts, expected) for k in range(len(ids))], device=hidden.device)
+        predicted = self.base.lm_head(hidden[rows, positions]).argmax(-1).tolist()
+        differs: list[int | None] = []
+        at = 0
+        for ids in expected:
+            got, at = predicted[at : at + len(ids)], at + len(ids)
+            differs.append(next((k for k, (a, b) in enumerate(zip(got, ids)) if a != b), None))
+        return differs
 
     def _generate(
         self, prompt: list[int], image_features: torch.Tensor, prefix: PromptPrefix | None, start: list[int] | None = None
