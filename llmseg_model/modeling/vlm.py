@@ -290,6 +290,7 @@ class SegVLM(nn.Module):
         return self._given_answer(self.prompts.answer(instruction))
 
     def _given_answer(self, text: str) -> tuple[str, list[int], int]:
+        """(text, its ids without EOS, index of <SEG>) of an answer text."""
         ids = self.prompts.answer_ids(text)[:-1]
         if self.seg_token_id not in ids:
             raise ValueError(f"vlm.answer must contain {self.config.seg_token}, got {self.config.answer!r}")
@@ -307,7 +308,8 @@ class SegVLM(nn.Module):
         state predicts row b's first answer token. One LM-head call over every row's positions."""
         expected = [ids + [self.tokenizer.eos_token_id] for ids in answers]
         rows = torch.tensor([b for b, ids in enumerate(expected) for _ in ids], device=hidden.device)
-        positions = torch.tensor([start + k for start, ids in zip(starts, expected) for k in range(len(ids))], device=hidden.device)
+        positions = [start + k for start, ids in zip(starts, expected) for k in range(len(ids))]
+        positions = torch.tensor(positions, device=hidden.device)
         predicted = self.base.lm_head(hidden[rows, positions]).argmax(-1).tolist()
         differs: list[int | None] = []
         at = 0
