@@ -123,12 +123,11 @@ class SegVLM(nn.Module):
         At inference batch norm uses its running statistics, even for one query."""
         if not inference or not self.seg_proj.training:
             return self.seg_proj(seg_hidden.float())
-        was_training = self.seg_proj.training
-        self.seg_proj.eval()
+        self.seg_proj.eval()  # for this call only: it was in training mode
         try:
             return self.seg_proj(seg_hidden.float())
         finally:
-            self.seg_proj.train(was_training)
+            self.seg_proj.train()
 
     def forward(
         self,
@@ -274,14 +273,10 @@ class SegVLM(nn.Module):
             at = torch.tensor(kept, device=hidden.device)
             states = hidden[at, torch.tensor([reads[members[row]] - offset for row in kept], device=hidden.device)]
             projected = self.project(states)
-            texts: dict[tuple[int, ...], str] = {}  # decoding is the same for every row of one answer
             for k, row in enumerate(kept):
                 text, ids, _ = answers[members[row]]
                 if verify:  # what decoding gives
-                    key = tuple(ids)
-                    if key not in texts:
-                        texts[key] = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
-                    text = texts[key]
+                    text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
                 results[members[row]] = (text, projected[k : k + 1])
         return results  # type: ignore[return-value]
 
