@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from llmseg_model.cli import Command, check_data_paths, data_specs, require_exis
 from llmseg_model.config import SCORINGS, LLMSegConfig, bounded, check_fields, from_mapping, model_settings, one_of
 from llmseg_model.data.mixing import DatasetSpec, build_dataset
 from llmseg_model.data.sample import SegSample
+from llmseg_model.evaluation.stats import latency_stats, platform_info
 
 if TYPE_CHECKING:
     from llmseg_model.metrics import IoUAccumulator
@@ -143,22 +143,6 @@ def union_mask(proposals: Proposals, indices: Sequence[int]) -> np.ndarray:
         return np.zeros(proposals.image_size, bool)
     rles = [{"size": proposals.rles[i]["size"], "counts": proposals.rles[i]["counts"].encode("ascii")} for i in indices]
     return mask_utils.decode(mask_utils.merge(rles, intersect=False)).astype(bool)
-
-
-# ---------------------------------------------------------------------------------- statistics
-
-
-def latency_stats(values: Sequence[float]) -> dict[str, float | int]:
-    """Median, 95th percentile and mean in milliseconds."""
-    arr = np.asarray(values, dtype=np.float64) * 1000.0
-    if not len(arr):
-        return {"count": 0, "median_ms": None, "p95_ms": None, "mean_ms": None}
-    return {
-        "count": int(len(arr)),
-        "median_ms": float(np.median(arr)),
-        "p95_ms": float(np.percentile(arr, 95)),
-        "mean_ms": float(arr.mean()),
-    }
 
 
 @dataclass
@@ -309,7 +293,7 @@ def run_benchmark(config: BenchmarkConfig, model: Any = None) -> dict[str, Any]:
     report = {
         "config": config.to_dict(),
         "preset": model_config.preset,
-        "platform": _platform(config.device),
+        "platform": platform_info(config.device),
         "datasets": dataset_info,
         "scores": scores.rows(),
         "latency": {
@@ -327,15 +311,6 @@ def _ordered(stage_times: dict[str, list[float]]) -> dict[str, list[float]]:
     order = [*PREPARE_STAGES, *QUERY_STAGES]
     keys = sorted(stage_times, key=lambda s: (order.index(s) if s in order else len(order), s))
     return {k: stage_times[k] for k in keys}
-
-
-def _platform(device: str) -> dict[str, str]:
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device, "cpu": platform.processor()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 # ---------------------------------------------------------------------------------- reports

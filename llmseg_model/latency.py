@@ -51,12 +51,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,18 +59,30 @@ from tqdm import tqdm
 
 from llmseg_model.cli import Command
 from llmseg_model.config import LLMSegConfig, ProposalConfig, bounded, check_fields, from_mapping, merge_nested, model_settings, one_of
+from llmseg_model.evaluation.latency_report import latency_quantities, markdown_report, write_report
+from llmseg_model.evaluation.random_models import build_random_model, llava_shape, random_backbones, synthetic_proposals
+from llmseg_model.evaluation.stats import platform_info
+from llmseg_model.evaluation.timing import (
+    Clock,
+    GpuMemory,
+    batch_seconds,
+    dinov2_seconds,
+    llm_seconds,
+    lower_bound_seconds,
+    plain_instruction_seconds,
+    prepare_seconds,
+    proposal_seconds,
+    sam_encoder_seconds,
+)
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
     from llmseg_model.modeling.features import MaskFeatureExtractor
-    from llmseg_model.modeling.proposals import ProposalGenerator
+    from llmseg_model.modeling.model import LLMSeg
 
 logger = logging.getLogger(__name__)
 
-# DINOv2 ViT-L/14 as torch.hub ships it (518 px pretraining grid), the paper preset's backbone,
-# for random-weight runs without a model folder.
-DINOV2_VITL14 = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 518}
 # Proposal modes measured by default, as overrides of the preset's ProposalConfig: the preset's
 # own (tiny: refine sampling, fused decoder; paper: the dense grid, lean engine, SAM's decoder), the
 # tiny preset's sampling through SAM's own decoder, and the dense grid through the lean engine and
@@ -93,26 +100,6 @@ DEFAULT_MODES = {
     },
 }
 DEFAULT_FRAME = {"tiny": (256, 256), "paper": (768, 1024), "paper_llava15": (768, 1024)}
-# Random LLaVA shapes (TinyLlavaConfig fields) for instruction timing without weights. The paper's
-# is a 7B-like Llama cut to 6 layers of width 768 with the 7B's head width (128) and vocabulary, and a
-# 2-layer CLIP-L giving LLaVA-v1's 256 image tokens: the token counts and per-token work that
-# decide the ratios, at a size a CPU runs.
-RANDOM_LLAVA = {
-    "tiny": {},
-    "paper": {
-        "image_size": 224, "patch_size": 14, "vision_hidden": 1024, "vision_layers": 2, "vision_heads": 16,
-        "text_hidden": 768, "text_layers": 6, "text_heads": 6, "text_intermediate": 2048, "max_positions": 2048,
-        "vocab_size": 32004,
-    },
-}
-# LLaVA-v1.5's CLIP-L/14 at 336 px: 576 image tokens.
-RANDOM_LLAVA["paper_llava15"] = {**RANDOM_LLAVA["paper"], "image_size": 336}
-# `llava_full`: the 7B itself (a Vicuna / LLaMA-7B of 32 layers of width 4096, all of CLIP ViT-L/14's
-# 24 layers) at the preset's image size: about 7 billion parameters, for a GPU.
-LLAVA_7B = {
-    "vision_layers": 24, "text_hidden": 4096, "text_layers": 32, "text_heads": 32, "text_intermediate": 11008,
-    "max_positions": 4096,
-}
 CLOCKS = ("wall", "process")
 RECALL_SPLITS = ("val", "test")  # held out: never the train split
 
@@ -214,25 +201,14 @@ def parse_modes(texts: list[str]) -> dict[str, dict[str, Any]]:
 def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
     """SAM and DINOv2 (+ the pooling projection) of the configured shapes, on the device, built as
     `LLMSeg.from_config` builds them (DINOv2's dtype and position-embedding rule included)."""
-    import torch
-    from transformers import Dinov2Model
-
-    from llmseg_model.modeling.features import HubInterpolationEmbeddings, MaskFeatureExtractor, load_dinov2
+    from llmseg_model.modeling.features import MaskFeatureExtractor, load_dinov2
     from llmseg_model.modeling.model import vlm_dtype
     from llmseg_model.modeling.proposals import build_sam
 
     model_config = config.model_config()
     dtype = vlm_dtype(model_config.features.dtype, config.device.startswith("cuda"), "features.dtype")
     if config.random_weights:
-        torch.manual_seed(config.seed)
-        with building_on(config.device):  # initialised where they run: ViT-H alone is 2.5 GB
-            sam = build_sam(model_config.sam)
-            dinov2 = Dinov2Model(_random_dinov2_config(config, model_config))
-            if model_config.features.pos_embed == "hub":  # as load_dinov2 sets it up
-                hub = HubInterpolationEmbeddings(dinov2.config)
-                hub.load_state_dict(dinov2.embeddings.state_dict())
-                dinov2.embeddings = hub
-        dinov2 = dinov2.to(dtype)
+        sam, dinov2 = random_backbones(model_config, config.dinov2, config.device, config.seed, dtype)
     else:
         if not model_config.weights.sam_checkpoint or not model_config.weights.dinov2_path:
             raise ValueError("no SAM / DINOv2 weights configured: set model.weights.* or pass --random-weights")
@@ -242,47 +218,13 @@ def build_parts(config: LatencyConfig) -> tuple[Sam, MaskFeatureExtractor]:
     return sam.to(config.device).eval(), features.to(config.device).eval()
 
 
-def _random_dinov2_config(config: LatencyConfig, model_config: LLMSegConfig) -> Any:
-    """The DINOv2 architecture of the preset's weight folder when it has one, else ViT-L/14 (at
-    the hub checkpoint's 518 px grid; larger inputs interpolate its position embeddings);
-    `config.dinov2` overrides either."""
-    from transformers import Dinov2Config
-
-    folder = Path(model_config.weights.dinov2_path) if model_config.weights.dinov2_path else None
-    if folder is not None and (folder / "config.json").is_file():
-        dinov2 = Dinov2Config.from_pretrained(str(folder), local_files_only=True)
-    else:
-        dinov2 = Dinov2Config(**DINOV2_VITL14)
-    for key, value in config.dinov2.items():
-        if not hasattr(dinov2, key):
-            raise ValueError(f"dinov2: unknown Dinov2Config setting {key!r}")
-        setattr(dinov2, key, value)
-    return dinov2
-
-
-@contextmanager
-def building_on(device: str, dtype: Any = None) -> Iterator[None]:
-    """New modules' parameters created (and randomly initialised) on `device`, in `dtype` when
-    given: a 7B model built on the CPU in float32 first would take 28 GB and minutes."""
-    import torch
-
-    default = torch.get_default_dtype()
-    try:
-        if dtype is not None:
-            torch.set_default_dtype(dtype)
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(default)
-
-
 def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig], parts: tuple[Any, Any]) -> dict[str, Any]:
     """One LLMSeg per proposal mode (the whole `prepare`). With random weights only the preset
-    mode's, on a random LLaVA around `parts` (build_random_model), since that takes one LLaVA."""
+    mode's, on a random LLaVA around `parts` (random_model), since that takes one LLaVA."""
     if not config.prepare:
         return {}
     if config.random_weights:
-        return {"preset": build_random_model(config, parts, modes["preset"])} if "preset" in modes else {}
+        return {"preset": random_model(config, parts, modes["preset"])} if "preset" in modes else {}
     from llmseg_model.modeling.model import LLMSeg
 
     models = {}
@@ -295,53 +237,23 @@ def build_prepare_models(config: LatencyConfig, modes: dict[str, ProposalConfig]
 
 def build_query_model(config: LatencyConfig, prepare_models: dict[str, Any], parts: tuple[Any, Any]) -> Any:
     """The LLMSeg whose instructions are timed: the preset-mode model when there is one, else the
-    preset's model from its weights, or one of random parts (build_random_model)."""
+    preset's model from its weights, or one of random parts (random_model)."""
     if "preset" in prepare_models:
         return prepare_models["preset"]
     if not config.random_weights:
         from llmseg_model.modeling.model import LLMSeg
 
         return LLMSeg.from_config(config.model_config(), device=config.device)
-    return build_random_model(config, parts, config.model_config().proposals)
+    return random_model(config, parts, config.model_config().proposals)
 
 
-def build_random_model(config: LatencyConfig, parts: tuple[Any, Any], proposals: ProposalConfig) -> Any:
-    """An LLMSeg of random weights around the frame half's SAM and DINOv2 (`parts`, from
-    build_parts): a random LLaVA of the preset's RANDOM_LLAVA shape (LLAVA_7B with `llava_full`)
-    built on the device in its run-time dtype, a word-level tokenizer, random fusion heads."""
-    import torch
-
-    from llmseg_model.data.procedural import vocabulary_texts
-    from llmseg_model.modeling.model import LLMSeg, vlm_dtype
-    from llmseg_model.modeling.proposals import ProposalGenerator
-    from llmseg_model.modeling.vlm import SegVLM
-    from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, train_tokenizer
-
+def random_model(config: LatencyConfig, parts: tuple[Any, Any], proposals: ProposalConfig) -> LLMSeg:
+    """The preset's LLMSeg with `proposals`, random weights and the configured LLaVA shape
+    (`random_models.llava_shape`), around `parts` (build_parts)."""
     model_config = config.model_config()
     model_config.proposals = proposals
-    sam, features = parts
-    shape = {**RANDOM_LLAVA.get(config.preset, {}), **(LLAVA_7B if config.llava_full else {}), **config.llava}
-    torch.manual_seed(config.seed)
-    tokenizer = train_tokenizer(vocabulary_texts(), model_config.vlm)
-    with building_on(config.device, vlm_dtype(model_config.vlm.dtype, config.device.startswith("cuda"))):
-        llava, processor = build_tiny_llava(tokenizer, TinyLlavaConfig(**shape))
-    vlm = SegVLM(llava, tokenizer, processor, model_config.vlm)
-    model = LLMSeg(model_config, ProposalGenerator(sam, model_config.proposals), features, vlm)
-    return model.to(config.device).eval()
-
-
-def synthetic_proposals(image: np.ndarray, count: int, lowres: Any) -> Any:
-    """`count` disc and box masks laid over the frame, for timing without a SAM pass."""
-    from llmseg_model.modeling.proposals import Proposals
-
-    height, width = image.shape[:2]
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[:height, :width]
-    masks = []
-    for _ in range(count):
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.05, 0.3) * min(height, width)
-        masks.append((rows - cy) ** 2 + (cols - cx) ** 2 <= r * r if rng.random() < 0.5 else (np.abs(rows - cy) <= r) & (np.abs(cols - cx) <= r))
-    return Proposals.from_masks(np.stack(masks), lowres.lowres_size, lowres_layout=lowres.lowres_layout)
+    shape = llava_shape(config.preset, config.llava_full, config.llava)
+    return build_random_model(model_config, parts, shape, config.device, config.seed)
 
 
 def frame_instructions(config: LatencyConfig) -> list[list[str]]:
@@ -372,104 +284,6 @@ def frames(config: LatencyConfig) -> list[np.ndarray]:
     height, width = config.frame_size()
     scene_config = ProceduralConfig(height=height, width=width)
     return [render_scene(scene_config, (config.seed, SPLITS["test"], i)).image for i in range(config.frames)]
-
-
-# ---------------------------------------------------------------------------------- measuring
-
-
-@dataclass(frozen=True)
-class Clock:
-    """How one quantity is timed: wall time (CUDA synchronised around it), or this process's CPU
-    time, which on a CPU shared with other jobs moves far less with their load (with one torch
-    thread it is the work done; with several it adds up every thread's time)."""
-
-    device: str = "cpu"
-    kind: str = "wall"
-
-    def seconds(self, run: Callable[[], Any]) -> tuple[float, Any]:
-        now = time.perf_counter if self.kind == "wall" else time.process_time
-        self._synchronise()
-        start = now()
-        out = run()
-        self._synchronise()
-        return now() - start, out
-
-    def _synchronise(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-
-
-def sam_encoder_seconds(sam: Sam, image: np.ndarray, clock: Clock) -> float:
-    """SAM's image encoder alone, on the frame resized and padded as SamPredictor does."""
-    import torch
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    with torch.inference_mode():
-        resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
-        pixels = sam.preprocess(torch.as_tensor(resized, device=clock.device).permute(2, 0, 1).contiguous()[None])
-        return clock.seconds(lambda: sam.image_encoder(pixels))[0]
-
-
-def proposal_seconds(generator: ProposalGenerator, image: np.ndarray, clock: Clock) -> tuple[float, int, int]:
-    """Everything mode as `prepare` runs it; returns the seconds, the prompts decoded and the
-    proposals kept (random SAM weights keep few: post-processing then costs little)."""
-    seconds, (proposals, prompts) = clock.seconds(lambda: generator.propose(image))
-    return seconds, prompts, proposals.count
-
-
-def dinov2_seconds(features: MaskFeatureExtractor, image: np.ndarray, clock: Clock) -> float:
-    """DINOv2 patch features of one frame (preprocessing included, pooling not)."""
-    import torch
-
-    with torch.inference_mode():
-        return clock.seconds(lambda: features.patch_features(features.preprocess(image).to(clock.device)))[0]
-
-
-def prepare_seconds(model: Any, image: np.ndarray, clock: Clock, overlap: bool | None = None) -> tuple[float, dict[str, float]]:
-    """The whole `LLMSeg.prepare` (its own choice of overlapping the image branch with SAM unless
-    `overlap` says), and its own per-stage timings (always wall time)."""
-    seconds, frame = clock.seconds(lambda: model.prepare(image, overlap=overlap))
-    return seconds, dict(frame.timings)
-
-
-def plain_instruction_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
-    """One instruction the way it ran before the prompt cache: the whole prompt from scratch, the
-    answer generated, then fusion and selection."""
-    from dataclasses import replace
-
-    uncached = replace(frame, prefix=None)
-    answer_mode = model.vlm.config.answer_mode
-    model.vlm.config.answer_mode = "generate"
-    try:
-        return clock.seconds(lambda: model.query(uncached, text))[0]
-    finally:
-        model.vlm.config.answer_mode = answer_mode
-
-
-def lower_bound_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
-    """One language-model forward of the instruction and the preset's answer tokens on the
-    frame's cached prompt: no decoding, no LM head, no fusion."""
-    import torch
-
-    vlm = model.vlm
-    prompt = vlm.prompts.prompt_ids(vlm.prompts.question(text), frame.image_features.shape[1])
-    _, answer, _ = vlm._given(text)
-    tail, prefix = vlm._tail(prompt + answer, frame.prefix)
-    with torch.inference_mode():
-        return clock.seconds(lambda: vlm._forward_rows([tail], frame.image_features, prefix))[0]
-
-
-def llm_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:
-    """The language-model stage of one instruction on the frame's cached prompt, in the preset's
-    answer mode (tokenising, the forward, the answer check, the <SEG> projection)."""
-    return clock.seconds(lambda: model.vlm.answer_batch(frame.image_features, [text], prefix=frame.prefix))[0]
-
-
-def batch_seconds(model: Any, frame: Any, texts: list[str], clock: Clock) -> tuple[float, list[Any]]:
-    """LLMSeg.query_batch for all of `texts` on the prepared frame (whole time), and its results."""
-    return clock.seconds(lambda: model.query_batch(frame, texts))
 
 
 def proposal_recall(sam: Sam, proposals: ProposalConfig, split: str, count: int, seed: int) -> dict[str, float]:
@@ -572,161 +386,23 @@ def instruction_samples(config: LatencyConfig, model: Any, images: list[np.ndarr
                 samples.setdefault(key, []).append(seconds)
 
 
-class GpuMemory:
-    """CUDA memory at the run's milestones: what is allocated there (weights and caches held) and
-    the peak so far (the largest working set), in GiB; nothing on a CPU."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self.device = torch.device(device) if device.startswith("cuda") else None
-        self.marks: dict[str, dict[str, float]] = {}
-        if self.device is not None:
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def mark(self, name: str) -> None:
-        import torch
-
-        if self.device is not None:
-            gib = 1024.0**3
-            self.marks[name] = {
-                "allocated": torch.cuda.memory_allocated(self.device) / gib,
-                "peak": torch.cuda.max_memory_allocated(self.device) / gib,
-            }
-
-
 def latency_report(
     config: LatencyConfig,
     samples: dict[str, list[float]],
     prompts: dict[str, list[tuple[int, int]]],
     stages: dict[str, dict[str, list[float]]],
 ) -> dict[str, Any]:
-    """Statistics of every measured quantity and its ratio to the SAM encoder's median."""
-    from llmseg_model.benchmark import latency_stats
-
-    unit = float(np.median(samples["sam_encoder"]))
-    bound = float(np.median(samples["instruction/lower_bound"])) if "instruction/lower_bound" in samples else None
-    quantities = {}
-    for key, values in samples.items():
-        stats = latency_stats(values)
-        stats["ratio_to_encoder"] = float(np.median(values)) / unit
-        if key.startswith("instruction/") and bound:
-            stats["ratio_to_lower_bound"] = float(np.median(values)) / bound
-        mode = key.split("/", 1)[1] if "/" in key else None
-        if key.startswith("proposals/"):
-            stats["prompts_per_frame"] = float(np.mean([p for p, _ in prompts[mode]]))
-            stats["proposals_per_frame"] = float(np.mean([k for _, k in prompts[mode]]))
-        if key.startswith("prepare/"):
-            stats["stages"] = {stage: latency_stats(v) for stage, v in stages.get(mode, {}).items()}
-        quantities[key] = stats
-    batches = {int(k.rsplit("_", 1)[1]): float(np.median(v)) * int(k.rsplit("_", 1)[1]) for k, v in samples.items() if k.startswith("instruction/batch_")}
-    if 1 in batches:  # a batch's whole time over one instruction's
-        for size, seconds in batches.items():
-            quantities[f"instruction/batch_{size}"]["batch_over_one"] = seconds / batches[1]
+    """The run's report: its settings, the machine, the modes and every quantity's statistics
+    (`latency_quantities`)."""
     model_config = config.model_config()
     return {
         "config": dataclasses.asdict(config),
         "preset": model_config.preset,
         "frame_size": list(config.frame_size()),
-        "platform": _platform(config.device),
+        "platform": platform_info(config.device),
         "modes": {name: dataclasses.asdict(p) for name, p in config.mode_configs().items()},
-        "quantities": quantities,
+        "quantities": latency_quantities(samples, prompts, stages),
     }
-
-
-def _platform(device: str) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-# ---------------------------------------------------------------------------------- reports
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The quantities (and recall, when measured) as markdown tables."""
-    platform_info = report["platform"]
-    where = platform_info.get("gpu") or f"{platform_info['device']} ({platform_info['torch_threads']} torch threads)"
-    height, width = report["frame_size"]
-    lines = [
-        "# Frame latency",
-        "",
-        f"Preset `{report['preset']}`, {width}x{height} frames, on {where}; {report['config']['clock']} clock, "
-        "medians of interleaved runs.",
-        "",
-        "| quantity | median ms | p95 ms | x encoder | prompts | proposals | n |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, stats in report["quantities"].items():
-        if key.startswith("instruction/"):
-            continue
-        prompts, kept = stats.get("prompts_per_frame"), stats.get("proposals_per_frame")
-        lines.append(
-            f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats['ratio_to_encoder']:.1f} | "
-            f"{'-' if prompts is None else f'{prompts:.0f}'} | {'-' if kept is None else f'{kept:.1f}'} | {stats['count']} |"
-        )
-    if "prepare_serial/preset" in report["quantities"]:
-        lines += [
-            "",
-            "`prepare/*` computes the image branch (DINOv2, LLaVA image tokens, prompt prefix) on a second thread "
-            "while SAM proposes (the CPU default); `prepare_serial/preset` runs them one after the other. "
-            + (
-                "The process clock adds up both threads' CPU time, so only the wall clock shows what the overlap saves."
-                if report["config"]["clock"] == "process"
-                else "Both use the same cores: the overlap's gain is the wall time the branches spend side by side."
-            ),
-        ]
-    instructions = {k: v for k, v in report["quantities"].items() if k.startswith("instruction/")}
-    if instructions:
-        lines += [
-            "",
-            f"Per instruction ({report['config']['instructions']} instructions a frame; batch_N is per instruction):",
-            "",
-            "| quantity | median ms | p95 ms | x lower bound | batch time x one |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for key, stats in instructions.items():
-            over_one = stats.get("batch_over_one")
-            lines.append(
-                f"| {key} | {stats['median_ms']:.1f} | {stats['p95_ms']:.1f} | {stats.get('ratio_to_lower_bound', float('nan')):.2f} | "
-                f"{'-' if over_one is None else f'{over_one:.2f}'} |"
-            )
-    if report.get("gpu_memory_gib"):
-        lines += ["", "GPU memory (GiB; allocated at each point, and the peak so far):", "", "| after | allocated | peak |", "|---|---:|---:|"]
-        for name, gib in report["gpu_memory_gib"].items():
-            lines.append(f"| {name} | {gib['allocated']:.2f} | {gib['peak']:.2f} |")
-    if report.get("recall"):
-        split = report["config"]["recall_split"]
-        lines += [
-            "",
-            f"Proposal recall on {report['config']['recall_scenes']} held-out {split} scenes:",
-            "",
-            "| mode | best IoU per object | recall@0.5 | recall@0.75 | proposals |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, r in report["recall"].items():
-            lines.append(
-                f"| {name} | {r['mean_best_iou']:.4f} | {r['recall@0.5']:.4f} | {r['recall@0.75']:.4f} | "
-                f"{r['proposals_per_image']:.1f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], output_dir: str | Path) -> None:
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "latency.json").write_text(json.dumps(report, indent=1) + "\n")
-    (output_dir / "latency.md").write_text(markdown_report(report))
-    logger.info("latency report written to %s", output_dir)
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -164,12 +164,6 @@ def test_config_validation():
         assert BenchmarkConfig.from_yaml(REPO / "config" / name).model_config().preset == "paper"
 
 
-def test_latency_stats():
-    stats = benchmark.latency_stats([0.001 * v for v in range(1, 101)])
-    assert stats["count"] == 100 and stats["median_ms"] == pytest.approx(50.5) and stats["p95_ms"] == pytest.approx(95.05)
-    assert benchmark.latency_stats([])["median_ms"] is None
-
-
 def test_end_to_end_untrained_tiny_model(tmp_path, untrained_tiny_model):
     """The real tiny pipeline (random weights): every stage timed, masks at native size."""
     model = untrained_tiny_model

@@ -8,6 +8,7 @@ import pytest
 
 from llmseg_model import latency
 from llmseg_model.cli import parse_command
+from llmseg_model.evaluation import random_models
 from llmseg_model.latency import LatencyConfig, run_latency
 
 SMALL_MODES = {
@@ -121,12 +122,13 @@ def test_random_llava_shapes_compose_and_build_in_the_run_time_dtype():
         model={"vlm": {"dtype": "bfloat16"}, "sam": {"encoder_depth": 1, "encoder_global_attn_indexes": [0], "encoder_embed_dim": 32, "prompt_embed_dim": 32}},
         dinov2={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2},
     )
-    model = latency.build_random_model(config, latency.build_parts(config), config.model_config().proposals)
+    model = latency.random_model(config, latency.build_parts(config), config.model_config().proposals)
     llava = model.vlm.llava
     text, vision = llava.config.text_config, llava.config.vision_config
     assert text.num_hidden_layers == 1 and text.hidden_size == 64 and text.vocab_size >= 32004
     assert vision.image_size == 224 and vision.patch_size == 14  # LLaVA-v1's 256 image tokens
     assert {p.dtype for name, p in llava.named_parameters() if "lora_" not in name} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32
-    assert latency.RANDOM_LLAVA["paper_llava15"]["image_size"] == 336
-    assert {**latency.RANDOM_LLAVA["paper"], **latency.LLAVA_7B}["text_layers"] == 32
+    assert random_models.RANDOM_LLAVA["paper_llava15"]["image_size"] == 336
+    assert random_models.llava_shape("paper", full=True)["text_layers"] == 32
+    assert random_models.llava_shape("paper", full=True, overrides={"text_layers": 2})["image_size"] == 224
