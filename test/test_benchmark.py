@@ -14,6 +14,7 @@ from PIL import Image
 
 from llmseg_model import benchmark
 from llmseg_model.benchmark import BenchmarkConfig, run_benchmark
+from llmseg_model.evaluation import benchmark_report
 from llmseg_model.config import TINY_WEIGHTS_DIR, tiny_config
 from llmseg_model.data.mixing import DatasetSpec
 from llmseg_model.data.proposal_cache import ProposalCache
@@ -227,7 +228,7 @@ def test_report_rows_collapse_where_modes_agree(tmp_path):
                 better = 0.1 if mode == "all" and group == "attribute" else 0.0
                 count = 4 if mode == "first" else 9
                 scores.append(score_row("reasonseg/val", group, mode, method, giou + better, giou, count))
-    table = benchmark.markdown_report(synthetic_report(scores))
+    table = benchmark_report.markdown_report(synthetic_report(scores))
     procedural = table[table.index("## procedural/test") : table.index("## reasonseg/val")]
     reasonseg = table[table.index("## reasonseg/val") : table.index("## Latency")]
     # Identical modes: one row per group x method, one set of columns, "all" first, groups by name.
@@ -247,10 +248,10 @@ def test_report_rows_collapse_where_modes_agree(tmp_path):
     assert rows[0] == "| group | method | gIoU first | gIoU all | cIoU first | cIoU all | n first | n all |"
     assert "| attribute | llmseg | 50.00 | 60.00 | 50.00 | 50.00 | 4 | 9 |" in rows and len(rows) == 1 + 6
     # A single mode is named once, not repeated per row.
-    single = benchmark.markdown_report(synthetic_report([r for r in scores if r["mode"] == "all"], modes=["all"]))
+    single = benchmark_report.markdown_report(synthetic_report([r for r in scores if r["mode"] == "all"], modes=["all"]))
     assert "Mode `all`." in single and "| all | llmseg | 50.00 | 40.00 | 8 |" in single
     # The plot: latency on a log axis, the per-sample spread, gIoU per group.
-    benchmark.plot_report(synthetic_report(scores), tmp_path / "plot.png")
+    benchmark_report.plot_report(synthetic_report(scores), tmp_path / "plot.png")
     with Image.open(tmp_path / "plot.png") as image:
         assert image.size == (1200, 850)
 
