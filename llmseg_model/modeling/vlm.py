@@ -280,10 +280,6 @@ class SegVLM(nn.Module):
                 results[members[row]] = (text, projected[k : k + 1])
         return results  # type: ignore[return-value]
 
-    def _given(self, instruction: str) -> tuple[str, list[int], int]:
-        """The preset's answer for an instruction: (text, its ids without EOS, index of <SEG>)."""
-        return self._given_answer(self.prompts.answer(instruction))
-
     def _given_answer(self, text: str) -> tuple[str, list[int], int]:
         """(text, its ids without EOS, index of <SEG>) of an answer text."""
         ids = self.prompts.answer_ids(text)[:-1]
@@ -292,7 +288,8 @@ class SegVLM(nn.Module):
         return text, ids, ids.index(self.seg_token_id)
 
     def _given_batch(self, instructions: list[str]) -> list[tuple[str, list[int], int]]:
-        """`_given` for each instruction, encoding each distinct answer text once."""
+        """The preset's answer for each instruction: (text, its ids without EOS, index of <SEG>),
+        encoding each distinct answer text once."""
         texts = [self.prompts.answer(instruction) for instruction in instructions]
         encoded = {text: self._given_answer(text) for text in dict.fromkeys(texts)}
         return [encoded[text] for text in texts]
