@@ -321,7 +321,6 @@ class LLMSeg(nn.Module):
                 Result(
                     labels=labels,
                     label_areas=label_areas,
-                    instance_scores=np.array([instance.score for instance in instances], np.float32),
                     instances=instances,
                     proposal_indices=chosen.indices,
                     proposal_scores=chosen.scores,

@@ -41,7 +41,6 @@ class Result:
     # pixel; where objects overlap the better one (earlier) owns it.
     labels: np.ndarray
     label_areas: np.ndarray  # (M,) int64 pixels each object owns in `labels` (its area less overlaps)
-    instance_scores: np.ndarray  # (M,) float, best IoP score of each object's proposals
     proposal_indices: np.ndarray  # (N,) int, the selected proposals (indices into the frame's), best IoP first
     proposal_scores: np.ndarray  # (N,) float, their IoP scores
     iou_scores: np.ndarray  # (K_valid,) float, IoU-head score of every proposal
@@ -54,6 +53,11 @@ class Result:
     def mask(self) -> np.ndarray:
         """(H, W) bool, the union of the selected proposals: every labelled pixel."""
         return self.labels > 0
+
+    @cached_property
+    def instance_scores(self) -> np.ndarray:
+        """(M,) float32, each object's best IoP score, in the order of `instances`."""
+        return np.array([instance.score for instance in self.instances], np.float32)
 
     @cached_property
     def instance_masks(self) -> np.ndarray:
