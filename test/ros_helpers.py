@@ -178,8 +178,10 @@ class RosClient:
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
 
+        from llmseg_interfaces.action import Track
         from llmseg_interfaces.msg import Instruction, SegmentationResult
         from llmseg_interfaces.srv import Segment
+        from rclpy.action import ActionClient
         from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS
         from llmseg_ros.outputs import DEBUG_IMAGE_QOS, RESULT_QOS
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -204,7 +206,6 @@ class RosClient:
         self.node.create_subscription(Image, "mask", self._on_mask, DEBUG_IMAGE_QOS)
         self.node.create_subscription(Image, "overlay", self._on_overlay, DEBUG_IMAGE_QOS)
         self.segment_client = self.node.create_client(Segment, "segment")
-        self._track_client: Any = None
         self.diagnostics: list[Any] = []  # this node's last 50 DiagnosticStatus messages, oldest first
         self.diagnostics_count = 0  # how many arrived in all
         from diagnostic_msgs.msg import DiagnosticArray
@@ -216,6 +217,14 @@ class RosClient:
         self.get_parameters_client = self.node.create_client(GetParameters, f"{self.target}/get_parameters")
         self.describe_parameters_client = self.node.create_client(
             DescribeParameters, f"{self.target}/describe_parameters")
+        # Before the spin thread starts: rclpy's ActionClient joins the node's waitables (waking
+        # the executor) before it creates the lock its add_to_wait_set takes, so one made while
+        # another thread spins can fail that thread's spin_once.
+        self._track_client = ActionClient(self.node, Track, "track")
+        self._track_ready = False
+        self.spin_errors: list[str] = []  # exceptions raised inside spin_once, which went on
+        self._gate = threading.Condition()  # `paused` holds the spin loop between two spin_once
+        self._paused = self._spinning = False
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -224,11 +233,37 @@ class RosClient:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        try:
-            while self.context.ok():
+        while self.context.ok():
+            with self._gate:
+                while self._paused:
+                    self._gate.wait()
+                self._spinning = True
+            try:
                 self.executor.spin_once(timeout_sec=0.05)
-        except (ExternalShutdownException, Exception):
-            pass
+            except ExternalShutdownException:
+                return
+            except Exception as error:  # keep spinning: every later future depends on this thread
+                if not self.context.ok():
+                    return
+                self.spin_errors.append(repr(error))
+            finally:
+                with self._gate:
+                    self._spinning = False
+                    self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing is taken or executed while inside (at most one spin_once, 50 ms, to wait)."""
+        with self._gate:
+            self._paused = True
+            while self._spinning:
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._paused = False
+                self._gate.notify_all()
 
     def close(self) -> None:
         self.context.try_shutdown()
@@ -274,7 +309,8 @@ class RosClient:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+                errors = f" (errors inside the client's spin loop: {self.spin_errors[-3:]})" if self.spin_errors else ""
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}{errors}")
             time.sleep(0.05)
 
     def call(self, client: Any, request: Any, timeout: float = 60.0, retry: bool = False) -> Any:
@@ -391,18 +427,20 @@ class RosClient:
     def track(self, text: str, rate: float = 0.0, duration: float = 0.0, goal_id: str = "", phrase: bool = False,
               timeout: float = 60.0) -> "TrackGoal":
         """Send a Track goal to the node; the goal's feedback is collected as it arrives."""
-        from rclpy.action import ActionClient
-
         from llmseg_interfaces.action import Track
 
-        if self._track_client is None:
-            self._track_client = ActionClient(self.node, Track, "track")
+        if not self._track_ready:
             if not self._track_client.wait_for_server(timeout_sec=timeout):
                 raise TimeoutError("the Track action server did not appear")
             time.sleep(DISCOVERY_GRACE)  # discovery is two-sided (see call)
+            self._track_ready = True
         goal = TrackGoal(self)
-        future = self._track_client.send_goal_async(
-            Track.Goal(id=goal_id, text=text, phrase=phrase, rate=rate, duration=duration), goal.on_feedback)
+        # rclpy 9.1.2's send_goal_async registers the goal's future, releases its lock, then
+        # registers a second future under the same request: a response taken in between completes
+        # the first and the returned one never completes. Nothing is taken while paused.
+        with self.paused():
+            future = self._track_client.send_goal_async(
+                Track.Goal(id=goal_id, text=text, phrase=phrase, rate=rate, duration=duration), goal.on_feedback)
         self.wait_for(future.done, timeout, "the Track goal to be accepted")
         goal.handle = future.result()
         if not goal.handle.accepted:
