@@ -173,6 +173,7 @@ class RosClient:
 
     def __init__(self, node_name: str = "llmseg", namespace: str = "") -> None:
         import rclpy
+        from rclpy.action import ActionClient
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import CompressedImage, Image
@@ -181,7 +182,6 @@ class RosClient:
         from llmseg_interfaces.action import Track
         from llmseg_interfaces.msg import Instruction, SegmentationResult
         from llmseg_interfaces.srv import Segment
-        from rclpy.action import ActionClient
         from llmseg_ros.node import IMAGE_QOS, INSTRUCTION_QOS
         from llmseg_ros.outputs import DEBUG_IMAGE_QOS, RESULT_QOS
         from lifecycle_msgs.srv import ChangeState, GetState
