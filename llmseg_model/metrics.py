@@ -23,6 +23,7 @@ from pycocotools import mask as mask_utils
 
 from llmseg_model.config import SCORINGS
 from llmseg_model.data.sample import IGNORE_INDEX
+from llmseg_model.modeling.rle import coco_rle
 
 
 def check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,20 +160,10 @@ def proposal_overlaps(rles: list[dict], gt: np.ndarray) -> tuple[np.ndarray, np.
     target_area = int(np.count_nonzero(gt == 1))
     if not rles:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), target_area
-    rles = [_bytes_rle(r) for r in rles]
+    rles = [coco_rle(r) for r in rles]
     target_rle = mask_utils.encode(np.asfortranarray((gt == 1).astype(np.uint8)))
     ignore_rle = mask_utils.encode(np.asfortranarray((gt == IGNORE_INDEX).astype(np.uint8)))
     areas = mask_utils.area(rles).astype(np.int64)
     intersections = np.array([mask_utils.area(mask_utils.merge([r, target_rle], intersect=True)) for r in rles], np.int64)
     ignored = np.array([mask_utils.area(mask_utils.merge([r, ignore_rle], intersect=True)) for r in rles], np.int64)
     return intersections, areas - ignored, target_area
-
-
-def _bytes_rle(rle: dict) -> dict:
-    """pycocotools' C routines want compressed counts as bytes; the cache stores str."""
-    counts = rle["counts"]
-    if isinstance(counts, str):
-        return {"size": list(rle["size"]), "counts": counts.encode("ascii")}
-    if isinstance(counts, list):  # uncompressed RLE
-        return mask_utils.frPyObjects({"size": list(rle["size"]), "counts": counts}, *rle["size"])
-    return rle

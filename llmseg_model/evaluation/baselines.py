@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from llmseg_model.modeling.rle import coco_rle
+
 if TYPE_CHECKING:
     from llmseg_model.modeling.proposals import Proposals
 
@@ -44,5 +46,5 @@ def union_mask(proposals: Proposals, indices: Sequence[int]) -> np.ndarray:
     """(H, W) bool union of some proposals, merged as RLE so only one full mask is decoded."""
     if not len(indices):
         return np.zeros(proposals.image_size, bool)
-    rles = [{"size": proposals.rles[i]["size"], "counts": proposals.rles[i]["counts"].encode("ascii")} for i in indices]
+    rles = [coco_rle(proposals.rles[i]) for i in indices]
     return mask_utils.decode(mask_utils.merge(rles, intersect=False)).astype(bool)

@@ -19,6 +19,7 @@ from pycocotools import mask as mask_utils
 
 from llmseg_model.config import InstanceConfig
 from llmseg_model.modeling.proposals import Proposals
+from llmseg_model.modeling.rle import coco_rle
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Instance:
 
     def mask(self) -> np.ndarray:
         """(H, W) bool mask at native resolution."""
-        return mask_utils.decode(_coco_rle(self.rle)).astype(bool)
+        return mask_utils.decode(coco_rle(self.rle)).astype(bool)
 
 
 def merge_instances(
@@ -53,7 +54,7 @@ def merge_instances(
         raise ValueError(f"selected indices {indices.tolist()} out of range for {proposals.count} proposals")
     if not len(indices):
         return []
-    rles = [_coco_rle(proposals.rles[i]) for i in indices]
+    rles = [coco_rle(proposals.rles[i]) for i in indices]
     groups = _components(same_object(rles, config))
     instances = []
     for members in groups:
@@ -76,14 +77,14 @@ def instance_masks(instances: list[Instance], image_size: tuple[int, int]) -> np
     """(N, H, W) bool masks of the instances, in their order (N may be 0)."""
     if not instances:
         return np.zeros((0, *image_size), dtype=bool)
-    return mask_utils.decode([_coco_rle(inst.rle) for inst in instances]).transpose(2, 0, 1).astype(bool)
+    return mask_utils.decode([coco_rle(inst.rle) for inst in instances]).transpose(2, 0, 1).astype(bool)
 
 
 def same_object(rles: list[dict], config: InstanceConfig) -> np.ndarray:
     """(N, N) bool: which pairs of proposals (COCO RLEs) are one object under `config` (diagonal True)."""
     if len(rles) < 2:  # one proposal is one object: no pairs to test
         return np.ones((len(rles), len(rles)), dtype=bool)
-    rles = [_coco_rle(r) for r in rles]
+    rles = [coco_rle(r) for r in rles]
     areas = mask_utils.area(rles).astype(np.float64)
     # pycocotools with iscrowd=1 on the second argument gives |a & b| / |a| (the crowd rule).
     inside = np.asarray(mask_utils.iou(rles, rles, [1] * len(rles)), dtype=np.float64).reshape(len(rles), len(rles))
@@ -114,12 +115,6 @@ def _components(adjacency: np.ndarray) -> list[np.ndarray]:
                 stack.append(int(other))
         groups.append(np.sort(np.asarray(members, dtype=np.int64)))
     return groups
-
-
-def _coco_rle(rle: dict) -> dict:
-    """An RLE pycocotools' C functions accept (counts as bytes)."""
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def _text(counts: bytes | str) -> str:

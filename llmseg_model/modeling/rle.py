@@ -1,4 +1,5 @@
-"""COCO run-length encodings read as runs, without decoding them pixel by pixel.
+"""COCO run-length encodings: in the form pycocotools takes (`coco_rle`), and read as runs, without
+decoding them pixel by pixel.
 
 An answer's label image, its union mask and each object's share follow from where the objects'
 runs begin and end. Decoding every object to a dense mask first (pycocotools writes one byte at a
@@ -15,6 +16,18 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def coco_rle(rle: dict) -> dict:
+    """An RLE pycocotools' C routines accept: compressed counts as bytes (caches and answers store
+    them as text), uncompressed counts (a list) compressed."""
+    counts, size = rle["counts"], list(rle["size"])
+    if isinstance(counts, str):
+        return {"size": size, "counts": counts.encode("ascii")}
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
+    return {"size": size, "counts": counts}
 
 
 def run_lengths(counts: str | bytes) -> np.ndarray:
