@@ -221,7 +221,6 @@ class RosClient:
         # the executor) before it creates the lock its add_to_wait_set takes, so one made while
         # another thread spins can fail that thread's spin_once.
         self._track_client = ActionClient(self.node, Track, "track")
-        self._track_ready = False
         self.spin_errors: list[str] = []  # exceptions raised inside spin_once, which went on
         self._gate = threading.Condition()  # `paused` holds the spin loop between two spin_once
         self._paused = self._spinning = False
@@ -429,11 +428,11 @@ class RosClient:
         """Send a Track goal to the node; the goal's feedback is collected as it arrives."""
         from llmseg_interfaces.action import Track
 
-        if not self._track_ready:
+        if self._track_client not in self._used_clients:
             if not self._track_client.wait_for_server(timeout_sec=timeout):
                 raise TimeoutError("the Track action server did not appear")
             time.sleep(DISCOVERY_GRACE)  # discovery is two-sided (see call)
-            self._track_ready = True
+            self._used_clients.add(self._track_client)
         goal = TrackGoal(self)
         # rclpy 9.1.2's send_goal_async registers the goal's future, releases its lock, then
         # registers a second future under the same request: a response taken in between completes
