@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache, LlavaForConditionalGeneration
 
 from llmseg_model.config import VlmConfig
+from llmseg_model.modeling import prefix_attention
 from llmseg_model.modeling.prompting import PromptBuilder
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class SegVLM(nn.Module):
             bias="none",
         )
         self.llava = get_peft_model(llava, lora)
+        # Instructions read the frame's prefix without copying it, where the attention allows.
+        self.shared_prefix = config.prefix_attention == "shared" and prefix_attention.install(self.language_model)
         for name, param in self.llava.named_parameters():
             if any(part in name for part in config.trainable_modules):
                 param.requires_grad_(True)
@@ -192,6 +195,17 @@ class SegVLM(nn.Module):
         """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
         image tokens included), and the updated cache when `use_cache`."""
         device = image_features.device
+        if prefix is not None and not use_cache and self.shared_prefix and not any(self.image_token_id in r for r in rows):
+            width = max(len(r) for r in rows)
+            input_ids = torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+            out = self.language_model(
+                inputs_embeds=self.embed(input_ids, image_features[:, :0]),
+                attention_mask=prefix_attention.suffix_mask([len(r) for r in rows], device),
+                position_ids=torch.arange(len(prefix.ids), len(prefix.ids) + width, device=device).unsqueeze(0),
+                use_cache=False,
+                shared_prefix=prefix.layers,
+            )
+            return out.last_hidden_state, None
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
