@@ -324,9 +324,9 @@ class VlmConfig:
     # "verified": the answer is fed, checked against greedy decoding, generated where it differs;
     # "generate": greedy generation.
     answer_mode: str = one_of("given", ANSWER_MODES)
-    # How an instruction's tokens attend to the frame's cached prompt: "shared" packs a batch's rows
-    # into one sequence and reads the prefix's one copy (modeling/prefix_attention.py); "copy" is
-    # transformers' cache, which copies the prefix into every row. Equal up to float rounding.
+    # How an instruction's tokens attend to the frame's cached prompt: "shared" reads the prefix's
+    # one copy for every row of a batch (modeling/prefix_attention.py); "copy" is transformers'
+    # cache, which copies the prefix into every row. Equal up to float rounding.
     prefix_attention: str = one_of("shared", PREFIX_ATTENTIONS)
     max_new_tokens: int = bounded(32, ge=1)
     max_instruction_chars: int = bounded(1000, ge=1)

@@ -6,8 +6,7 @@ keys and values: a batch of B instructions writes B copies of the whole prefix i
 (on LLaVA-7B with 600 prefix tokens in bfloat16, about 0.3 GB a row), and that copy was a fifth of a
 batch's forward on the CPU. Here each layer attends to the prefix's single copy and to the rows' own
 tokens separately, with one softmax over both (the prefix keys are read once for all rows, as one
-matrix product per head). The values equal
-transformers' attention up to float rounding (tested).
+matrix product per head). The values equal transformers' attention up to float rounding (tested).
 
 It is an attention implementation of transformers' `AttentionInterface`, named after the one it
 wraps (`shared_prefix|sdpa`): calls that bring no `shared_prefix` argument (training, the prefix
@@ -17,7 +16,7 @@ itself, generation) run the wrapped implementation unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -72,7 +71,7 @@ def shared_prefix_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def wrapping(inner: str):
+def wrapping(inner: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
     """The attention function registered as `shared_prefix|<inner>`."""
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None, **kwargs):

@@ -195,9 +195,11 @@ class SegVLM(nn.Module):
         """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
         image tokens included), and the updated cache when `use_cache`."""
         device = image_features.device
-        if prefix is not None and not use_cache and self.shared_prefix and not any(self.image_token_id in r for r in rows):
-            width = max(len(r) for r in rows)
-            input_ids = torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        has_image = bool((input_ids == self.image_token_id).any())
+        if prefix is not None and not use_cache and self.shared_prefix and not has_image:
             out = self.language_model(
                 inputs_embeds=self.embed(input_ids, image_features[:, :0]),
                 attention_mask=prefix_attention.suffix_mask([len(r) for r in rows], device),
@@ -206,11 +208,7 @@ class SegVLM(nn.Module):
                 shared_prefix=prefix.layers,
             )
             return out.last_hidden_state, None
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        has_image = bool((input_ids == self.image_token_id).any())
         features = image_features.expand(len(rows), -1, -1) if has_image else image_features[:, :0]
         embeds = self.embed(input_ids, features)
         cache = None
