@@ -32,7 +32,7 @@ POS_EMBEDS = ("hub", "hf")  # features.pos_embed
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # features.dtype, vlm.dtype
 ANSWER_MODES = ("given", "verified", "generate")  # vlm.answer_mode
 SEG_STATES = ("before_seg", "at_seg")  # vlm.seg_state
-PREFIX_ATTENTIONS = ("shared", "copy")  # vlm.prefix_attention
+PREFIX_ATTENTIONS = ("auto", "shared", "copy")  # vlm.prefix_attention
 FUSION_VARIANTS = ("published", "joint")  # fusion.variant
 IOP_REDUCTIONS = ("row", "pooled")  # loss.iop_reduction
 SCORINGS = ("native", "resize1024")  # how masks are scored (llmseg_model.metrics)
@@ -326,8 +326,10 @@ class VlmConfig:
     answer_mode: str = one_of("given", ANSWER_MODES)
     # How an instruction's tokens attend to the frame's cached prompt: "shared" reads the prefix's
     # one copy for every row of a batch (modeling/prefix_attention.py); "copy" is transformers'
-    # cache, which copies the prefix into every row. Equal up to float rounding.
-    prefix_attention: str = one_of("shared", PREFIX_ATTENTIONS)
+    # cache, which copies the prefix into every row; "auto" is "shared" on the CPU, where it was
+    # measured faster, and "copy" on a GPU, where its extra kernels would cost more than the copy
+    # (it saves the copies' memory there). Equal up to float rounding.
+    prefix_attention: str = one_of("auto", PREFIX_ATTENTIONS)
     max_new_tokens: int = bounded(32, ge=1)
     max_instruction_chars: int = bounded(1000, ge=1)
     seg_embed_dim: int = bounded(256, ge=1)

@@ -1,5 +1,6 @@
 """Instructions attending to the frame's one copy of the prompt prefix (vlm.prefix_attention
-"shared") answer what transformers' cache, which copies the prefix into every row, answers."""
+"shared", and "auto" on the CPU) answer what transformers' cache, which copies the prefix into
+every row, answers."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from llmseg_model.modeling.prefix_attention import suffix_mask
 from llmseg_model.modeling.vlm import SegVLM
 from llmseg_model.tiny.llava import TinyLlavaConfig, build_tiny_llava, train_tokenizer
 
+CPU = torch.device("cpu")
 TEXTS = ["the red ball", "all the things I could roll across the floor", "the box left of the largest cup"]
 
 
-def twin_vlms(kv_heads: int, attention: str = "sdpa") -> tuple[SegVLM, SegVLM]:
-    """Two SegVLMs on equal random weights (LoRA included), "shared" and "copy"."""
+def twin_vlms(kv_heads: int, attention: str = "sdpa", modes: tuple[str, str] = ("shared", "copy")) -> tuple[SegVLM, SegVLM]:
+    """Two SegVLMs on equal random weights (LoRA included), in two `prefix_attention` modes."""
     config = tiny_config().vlm
     tokenizer = train_tokenizer(vocabulary_texts(), config)
     llava, processor = build_tiny_llava(tokenizer, TinyLlavaConfig(text_heads=4))
@@ -29,7 +31,7 @@ def twin_vlms(kv_heads: int, attention: str = "sdpa") -> tuple[SegVLM, SegVLM]:
     llava = LlavaForConditionalGeneration(llava.config)
     llava.set_attn_implementation(attention)
     twins = []
-    for mode in ("shared", "copy"):
+    for mode in modes:
         config = copy.deepcopy(config)
         config.prefix_attention = mode
         twins.append(SegVLM(copy.deepcopy(llava), tokenizer, processor, config))
@@ -50,7 +52,7 @@ def image_features(vlm: SegVLM) -> torch.Tensor:
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi_head", "grouped_query"])
 def test_shared_prefix_answers_equal_the_copied_cache(kv_heads):
     shared, copied = twin_vlms(kv_heads)
-    assert shared.shared_prefix and not copied.shared_prefix
+    assert shared.shares_prefix(CPU) and not copied.shares_prefix(CPU)
     features = image_features(shared)
     prefixes = [vlm.encode_prefix(features) for vlm in (shared, copied)]
     for mode in ("given", "verified"):
@@ -93,7 +95,7 @@ def test_calls_without_a_prefix_run_the_wrapped_attention_unchanged():
 
 def test_an_attention_it_cannot_wrap_keeps_the_copied_prefix():
     shared, copied = twin_vlms(kv_heads=4, attention="eager")
-    assert not shared.shared_prefix and shared.language_model.config._attn_implementation == "eager"
+    assert not shared.shares_prefix(CPU) and shared.language_model.config._attn_implementation == "eager"
     features = image_features(shared)
     got = shared.answer_batch(features, TEXTS, prefix=shared.encode_prefix(features))
     want = copied.answer_batch(features, TEXTS, prefix=copied.encode_prefix(features))
@@ -105,3 +107,13 @@ def test_suffix_mask_is_causal_within_a_row_and_never_sees_padding():
     assert mask.shape == (2, 1, 3, 3)
     assert mask[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
     assert mask[1, 0].tolist() == [[True, False, False]] * 3
+
+
+def test_auto_shares_the_prefix_on_the_cpu_and_copies_it_on_a_gpu():
+    auto, copied = twin_vlms(kv_heads=4, modes=("auto", "copy"))
+    shared, _ = twin_vlms(kv_heads=4, modes=("shared", "copy"))
+    gpu = torch.device("cuda", 0)  # only the rule is read: no GPU needed
+    assert auto.shares_prefix(CPU) and not auto.shares_prefix(gpu)
+    assert shared.shares_prefix(CPU) and shared.shares_prefix(gpu)
+    assert not copied.shares_prefix(CPU) and not copied.shares_prefix(gpu)
+    assert copied.language_model.config._attn_implementation == "sdpa"

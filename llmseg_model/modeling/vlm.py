@@ -58,8 +58,8 @@ class SegVLM(nn.Module):
             bias="none",
         )
         self.llava = get_peft_model(llava, lora)
-        # Instructions read the frame's prefix without copying it, where the attention allows.
-        self.shared_prefix = config.prefix_attention == "shared" and prefix_attention.install(self.language_model)
+        # Instructions may read the frame's prefix without copying it (shares_prefix).
+        self.can_share_prefix = config.prefix_attention != "copy" and prefix_attention.install(self.language_model)
         for name, param in self.llava.named_parameters():
             if any(part in name for part in config.trainable_modules):
                 param.requires_grad_(True)
@@ -189,6 +189,13 @@ class SegVLM(nn.Module):
         cache = out.cache
         return PromptPrefix(ids=ids, layers=[(layer.keys, layer.values) for layer in cache.layers])
 
+    def shares_prefix(self, device: torch.device) -> bool:
+        """Whether instructions on `device` read the frame's one copy of the prompt prefix
+        (`VlmConfig.prefix_attention`) rather than a copy of it per row."""
+        if not self.can_share_prefix:
+            return False
+        return self.config.prefix_attention == "shared" or device.type == "cpu"
+
     def _forward_rows(
         self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
     ) -> tuple[torch.Tensor, object]:
@@ -199,7 +206,7 @@ class SegVLM(nn.Module):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
         has_image = bool((input_ids == self.image_token_id).any())
-        if prefix is not None and not use_cache and self.shared_prefix and not has_image:
+        if prefix is not None and not use_cache and not has_image and self.shares_prefix(input_ids.device):
             out = self.language_model(
                 inputs_embeds=self.embed(input_ids, image_features[:, :0]),
                 attention_mask=prefix_attention.suffix_mask([len(r) for r in rows], device),
