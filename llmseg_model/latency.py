@@ -350,10 +350,20 @@ def run_latency(config: LatencyConfig) -> dict[str, Any]:
             for key, seconds in measured.items():
                 samples.setdefault(key, []).append(seconds)
     memory.mark("frames")
+    answering = None
     if config.instructions:
-        instruction_samples(config, build_query_model(config, models, (sam, features)), images, clock, samples)
+        query_model = build_query_model(config, models, (sam, features))
+        instruction_samples(config, query_model, images, clock, samples)
         memory.mark("instructions")
+        vlm = query_model.vlm
+        answering = {
+            "answer_mode": vlm.config.answer_mode,
+            "prefix_attention": vlm.config.prefix_attention,
+            "shares_prefix": vlm.shares_prefix(query_model.device),
+        }
     report = latency_report(config, samples, prompts, stages)
+    if answering:
+        report["answering"] = answering
     if memory.marks:
         report["gpu_memory_gib"] = memory.marks
     if config.recall_scenes:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The latency figures for a GPU in one call (issue 13): the shipped tiny preset, then the paper
 # presets at full shape with random weights (SAM ViT-H everything mode, DINOv2 ViT-L/14, LLaVA-7B
-# in bfloat16; LLaVA-v1's 256 and LLaVA-v1.5's 576 image tokens). Each run writes latency.json /
-# latency.md under $OUT (default outputs/gpu_latency) and is bounded by its own timeout, so a slow
-# or failing step leaves the others' results.
+# in bfloat16; LLaVA-v1's 256 and LLaVA-v1.5's 576 image tokens; the first with the prompt prefix
+# shared by a batch). Each run writes latency.json under $OUT (default outputs/gpu_latency), and its
+# log when it fails, and is bounded by its own timeout, so a slow or failing step leaves the others'
+# results.
 #
 #   bash scripts/gpu_latency.sh                    # on a machine with CUDA and the requirements
 #   DEVICE=cpu SHRINK=1 bash scripts/gpu_latency.sh  # the same steps at toy shapes (checks the script)
@@ -13,7 +14,8 @@
 # tokenizers and safetensors but none of this project's requirements:
 #   pip download --no-deps --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: -d .whl \
 #       transformers==5.24.0 peft==0.21.2 segment-anything==1.0 jsonargparse pycocotools
-# TINY_ITERATIONS / TINY_WARMUP and PAPER_ITERATIONS / PAPER_WARMUP set each run's repetitions.
+# TINY_ITERATIONS / TINY_WARMUP and PAPER_ITERATIONS / PAPER_WARMUP set each run's repetitions,
+# TINY_SECONDS, PAPER_SECONDS, LLAVA15_SECONDS and SHARED_SECONDS its time limit.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_latency}
 DEVICE=${DEVICE:-cuda}
@@ -43,9 +45,13 @@ run() {  # run NAME SECONDS ARGS...: one latency run, its log beside its report
     echo "== $name (at most ${seconds}s)"
     timeout "$seconds" "$PYTHON" -m llmseg_model.latency --device "$DEVICE" --output-dir "$OUT/$name" --no-progress "$@" \
         >"$OUT/$name.log" 2>&1
-    echo "== $name: exit $?"
+    local status=$?
+    echo "== $name: exit $status"
     tail -n 40 "$OUT/$name.log"
-    rm -f "$OUT/$name/latency.md"  # its tables are in the log: at most 8 files come back from a device call
+    # At most 8 files come back from a device call: the tables are in latency.json and in the tail
+    # just printed, so only a failed run keeps its log.
+    rm -f "$OUT/$name/latency.md"
+    [ "$status" = 0 ] && rm -f "$OUT/$name.log"
 }
 
 # 1. The shipped tiny preset (its own weights), as on the CPU: refine proposals, dense grid both engines.
@@ -59,3 +65,7 @@ run paper "${PAPER_SECONDS:-240}" --preset paper --random-weights --llava-full -
 # 3. LLaVA-v1.5's 576 image tokens: the instruction half, frames prepared on the preset's grid.
 run paper_llava15 "${LLAVA15_SECONDS:-150}" --preset paper_llava15 --random-weights --llava-full --frames 2 --iterations 2 \
     --warmup 1 --mode preset "${shrink[@]}"
+# 4. The paper preset's instruction half with the frame's one copy of the prompt prefix shared by a
+#    batch (vlm.prefix_attention shared; on a GPU the default copies it, as run 2 did).
+run paper_shared_prefix "${SHARED_SECONDS:-90}" --preset paper --random-weights --llava-full --frames 2 --iterations 2 \
+    --warmup 1 --no-prepare --model.vlm.prefix_attention shared "${shrink[@]}"

@@ -90,7 +90,11 @@ def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_wei
         random_weights=random_weights, modes={"preset": {}}, frames=1, iterations=2, warmup=1, instructions=2,
         batch_sizes=[1, 2], frame_height=96, frame_width=96, output_dir=str(tmp_path), progress=False,
     )
-    quantities = run_latency(config)["quantities"]
+    report = run_latency(config)
+    quantities = report["quantities"]
+    # The tiny preset verifies its answer (with its weights or random ones) and, on the CPU, shares
+    # the prompt prefix.
+    assert report["answering"] == {"answer_mode": "verified", "prefix_attention": "auto", "shares_prefix": True}
     for key in ("plain", "lower_bound", "llm", "batch_1", "batch_2", "fusion", "selection"):
         stats = quantities[f"instruction/{key}"]
         assert stats["count"] == 1 and stats["median_ms"] > 0 and stats["ratio_to_lower_bound"] > 0
@@ -105,6 +109,7 @@ def test_instruction_half_reports_ratios_to_the_lower_bound(tmp_path, random_wei
     assert "| instruction/batch_2 |" in markdown and "| prepare_serial/preset |" in markdown
     assert "| instruction/selection |" in markdown
     assert "one after the other" in markdown
+    assert "prompt prefix read from its one copy by every row (`vlm.prefix_attention: auto`)" in markdown
     assert "gpu_memory_gib" not in json.loads((tmp_path / "latency.json").read_text())  # CUDA only
     with pytest.raises(ValueError, match="batch_sizes"):
         LatencyConfig(instructions=2, batch_sizes=[1, 4])

@@ -117,3 +117,5 @@ def test_auto_shares_the_prefix_on_the_cpu_and_copies_it_on_a_gpu():
     assert shared.shares_prefix(CPU) and shared.shares_prefix(gpu)
     assert not copied.shares_prefix(CPU) and not copied.shares_prefix(gpu)
     assert copied.language_model.config._attn_implementation == "sdpa"
+    auto.config.prefix_attention = "copy"  # the setting is read at each call, as answer_mode is
+    assert not auto.shares_prefix(CPU)

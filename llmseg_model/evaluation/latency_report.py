@@ -46,6 +46,18 @@ def latency_quantities(
     return quantities
 
 
+def answering_note(answering: dict[str, Any] | None) -> list[str]:
+    """How the instructions were answered, as a line and a blank line (none for older reports)."""
+    if not answering:
+        return []
+    prefix = "read from its one copy by every row" if answering["shares_prefix"] else "copied into every row"
+    return [
+        f"Answer mode `{answering['answer_mode']}`; the frame's prompt prefix {prefix} "
+        f"(`vlm.prefix_attention: {answering['prefix_attention']}`).",
+        "",
+    ]
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """The quantities (and recall, when measured) as markdown tables."""
     platform_info = report["platform"]
@@ -85,6 +97,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             f"Per instruction ({report['config']['instructions']} instructions a frame; batch_N is per instruction):",
             "",
+            *answering_note(report.get("answering")),
             "| quantity | median ms | p95 ms | x lower bound | batch time x one |",
             "|---|---:|---:|---:|---:|",
         ]

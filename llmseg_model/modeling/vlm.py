@@ -192,9 +192,8 @@ class SegVLM(nn.Module):
     def shares_prefix(self, device: torch.device) -> bool:
         """Whether instructions on `device` read the frame's one copy of the prompt prefix
         (`VlmConfig.prefix_attention`) rather than a copy of it per row."""
-        if not self.can_share_prefix:
-            return False
-        return self.config.prefix_attention == "shared" or device.type == "cpu"
+        mode = self.config.prefix_attention
+        return self.can_share_prefix and (mode == "shared" or (mode == "auto" and device.type == "cpu"))
 
     def _forward_rows(
         self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
