@@ -68,4 +68,4 @@ run paper_llava15 "${LLAVA15_SECONDS:-150}" --preset paper_llava15 --random-weig
 # 4. The paper preset's instruction half with the frame's one copy of the prompt prefix shared by a
 #    batch (vlm.prefix_attention shared; on a GPU the default copies it, as run 2 did).
 run paper_shared_prefix "${SHARED_SECONDS:-90}" --preset paper --random-weights --llava-full --frames 2 --iterations 2 \
-    --warmup 1 --no-prepare --model.vlm.prefix_attention shared "${shrink[@]}"
+    --warmup 1 --mode preset --no-prepare --model.vlm.prefix_attention shared "${shrink[@]}"

@@ -199,7 +199,9 @@ class SegVLM(nn.Module):
         self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
     ) -> tuple[torch.Tensor, object]:
         """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
-        image tokens included), and the updated cache when `use_cache`."""
+        image tokens included), and the updated cache when `use_cache`. Without a cache to keep, the
+        rows read the prefix's one copy where `shares_prefix`; otherwise transformers' cache copies
+        it into every row."""
         device = image_features.device
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
