@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The latency figures for a GPU in one call (issue 13): the shipped tiny preset, then the paper
 # presets at full shape with random weights (SAM ViT-H everything mode, DINOv2 ViT-L/14, LLaVA-7B
-# in bfloat16; LLaVA-v1's 256 and LLaVA-v1.5's 576 image tokens; the first with the prompt prefix
-# shared by a batch). Each run writes latency.json under $OUT (default outputs/gpu_latency), and its
+# in bfloat16; LLaVA-v1's 256 and LLaVA-v1.5's 576 image tokens; LLaVA-v1's instructions again with
+# the prompt prefix shared by a batch). Each run writes latency.json under $OUT (default outputs/gpu_latency), and its
 # log when it fails, and is bounded by its own timeout, so a slow or failing step leaves the others'
 # results.
 #
@@ -39,7 +39,7 @@ if [ "${SHRINK:-0}" = 1 ]; then
             --model.proposals.points_per_side 4 --frame-height 240 --frame-width 320)
 fi
 
-run() {  # run NAME SECONDS ARGS...: one latency run, its log beside its report
+run() {  # run NAME SECONDS ARGS...: one latency run, its log's tail printed (the log kept if it failed)
     local name=$1 seconds=$2
     shift 2
     echo "== $name (at most ${seconds}s)"
@@ -51,7 +51,7 @@ run() {  # run NAME SECONDS ARGS...: one latency run, its log beside its report
     # At most 8 files come back from a device call: the tables are in latency.json and in the tail
     # just printed, so only a failed run keeps its log.
     rm -f "$OUT/$name/latency.md"
-    [ "$status" = 0 ] && rm -f "$OUT/$name.log"
+    if [ "$status" = 0 ]; then rm -f "$OUT/$name.log"; fi
 }
 
 # 1. The shipped tiny preset (its own weights), as on the CPU: refine proposals, dense grid both engines.

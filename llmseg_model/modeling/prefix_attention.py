@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +42,8 @@ def shared_prefix_attention(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
-    shared_prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    **kwargs: Any,
+    *,
+    shared_prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """query (B, H, T, d); key, value (B, Hkv, T, d) of the new tokens only; `shared_prefix[layer]`
     the prefix's keys and values (1, Hkv, P, d); `attention_mask` (B, 1, T, T) bool, True where a
@@ -76,7 +75,7 @@ def wrapping(inner: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | Non
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None, **kwargs):
         if shared_prefix is not None:
-            return shared_prefix_attention(module, query, key, value, attention_mask, scaling, dropout, shared_prefix)
+            return shared_prefix_attention(module, query, key, value, attention_mask, scaling, dropout, shared_prefix=shared_prefix)
         return ALL_ATTENTION_FUNCTIONS[inner](module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     return attention

@@ -207,7 +207,7 @@ class SegVLM(nn.Module):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
         has_image = bool((input_ids == self.image_token_id).any())
-        if prefix is not None and not use_cache and not has_image and self.shares_prefix(input_ids.device):
+        if prefix is not None and not use_cache and not has_image and self.shares_prefix(device):
             out = self.language_model(
                 inputs_embeds=self.embed(input_ids, image_features[:, :0]),
                 attention_mask=prefix_attention.suffix_mask([len(r) for r in rows], device),
