@@ -70,8 +70,8 @@ def test_shared_prefix_states_equal_the_copied_cache_at_every_row_position():
     features = image_features(shared)
     prefix = shared.encode_prefix(features)
     rows = [shared.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
-    got, _ = shared._forward_rows(rows, features, prefix)
-    want, _ = copied._forward_rows(rows, features, prefix)
+    got, _ = shared.forward_rows(rows, features, prefix)
+    want, _ = copied.forward_rows(rows, features, prefix)
     for b, row in enumerate(rows):
         assert torch.allclose(got[b, : len(row)], want[b, : len(row)], atol=1e-5)
 

@@ -96,10 +96,10 @@ def lower_bound_seconds(model: Any, frame: Any, text: str, clock: Clock) -> floa
 
     vlm = model.vlm
     prompt = vlm.prompts.prompt_ids(vlm.prompts.question(text), frame.image_features.shape[1])
-    (_, answer, _), = vlm._given_batch([text])
-    tail, prefix = vlm._tail(prompt + answer, frame.prefix)
+    (_, answer, _), = vlm.preset_answers([text])
+    tail, prefix = vlm.after_prefix(prompt + answer, frame.prefix)
     with torch.inference_mode():
-        return clock.seconds(lambda: vlm._forward_rows([tail], frame.image_features, prefix))[0]
+        return clock.seconds(lambda: vlm.forward_rows([tail], frame.image_features, prefix))[0]
 
 
 def llm_seconds(model: Any, frame: Any, text: str, clock: Clock) -> float:

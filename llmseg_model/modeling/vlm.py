@@ -195,13 +195,14 @@ class SegVLM(nn.Module):
         mode = self.config.prefix_attention
         return self.can_share_prefix and (mode == "shared" or (mode == "auto" and device.type == "cpu"))
 
-    def _forward_rows(
+    def forward_rows(
         self, rows: list[list[int]], image_features: torch.Tensor, prefix: PromptPrefix | None, use_cache: bool = False
     ) -> tuple[torch.Tensor, object]:
         """Last-layer states (B, T, H) of right-padded rows that continue `prefix` (or stand alone,
         image tokens included), and the updated cache when `use_cache`. Without a cache to keep, the
         rows read the prefix's one copy where `shares_prefix`; otherwise transformers' cache copies
-        it into every row."""
+        it into every row. Every answer mode runs this forward; the latency benchmark times it
+        alone as an instruction's lower bound."""
         device = image_features.device
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
@@ -226,7 +227,7 @@ class SegVLM(nn.Module):
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, cache=cache, use_cache=use_cache or prefix is not None)
         return out.last_hidden_state, out.cache
 
-    def _tail(self, prompt: list[int], prefix: PromptPrefix | None) -> tuple[list[int], PromptPrefix | None]:
+    def after_prefix(self, prompt: list[int], prefix: PromptPrefix | None) -> tuple[list[int], PromptPrefix | None]:
         """The part of a prompt after the frame's cached prefix, or the whole prompt when it does
         not start with the prefix's ids (then nothing is reused)."""
         if prefix is not None and prompt[: len(prefix.ids)] == prefix.ids:
@@ -260,7 +261,7 @@ class SegVLM(nn.Module):
         if self.config.answer_mode == "generate":
             return [self._generate(prompt, image_features, prefix) for prompt in prompts]
         verify = self.config.answer_mode == "verified"
-        answers = self._given_batch(instructions)
+        answers = self.preset_answers(instructions)
         rows, reads = [], []
         for prompt, (_, ids, seg) in zip(prompts, answers):
             fed = ids if verify else ids[: seg + 1 + self.seg_offset()]
@@ -268,14 +269,14 @@ class SegVLM(nn.Module):
             reads.append(len(prompt) + seg + self.seg_offset())
         results: list[tuple[str, torch.Tensor] | None] = [None] * len(rows)
         groups: dict[bool, list[int]] = {True: [], False: []}
-        tails = [self._tail(row, prefix) for row in rows]
+        tails = [self.after_prefix(row, prefix) for row in rows]
         for i, (_, used) in enumerate(tails):
             groups[used is not None].append(i)
         for cached, members in groups.items():
             if not members:
                 continue
             offset = len(prefix.ids) if cached else 0
-            hidden, _ = self._forward_rows([tails[i][0] for i in members], image_features, prefix if cached else None)
+            hidden, _ = self.forward_rows([tails[i][0] for i in members], image_features, prefix if cached else None)
             # Each row's read-outs (the LM head, the projection) run once for all rows.
             differs: list[int | None] = [None] * len(members)
             if verify:
@@ -307,7 +308,7 @@ class SegVLM(nn.Module):
             raise ValueError(f"vlm.answer must contain {self.config.seg_token}, got {self.config.answer!r}")
         return text, ids, ids.index(self.seg_token_id)
 
-    def _given_batch(self, instructions: list[str]) -> list[tuple[str, list[int], int]]:
+    def preset_answers(self, instructions: list[str]) -> list[tuple[str, list[int], int]]:
         """The preset's answer for each instruction: (text, its ids without EOS, index of <SEG>),
         encoding each distinct answer text once."""
         texts = [self.prompts.answer(instruction) for instruction in instructions]
@@ -338,8 +339,8 @@ class SegVLM(nn.Module):
         The <SEG> state comes from the decoding pass itself. If the model never emits <SEG>, it is
         appended and fed so the fusion still gets an embedding; the answer text shows it."""
         start = list(start or [])
-        tail, used = self._tail(prompt + start, prefix)
-        hidden, cache = self._forward_rows([tail], image_features, used, use_cache=True)
+        tail, used = self.after_prefix(prompt + start, prefix)
+        hidden, cache = self.forward_rows([tail], image_features, used, use_cache=True)
         states = list(hidden[0, len(tail) - len(start) - 1 :])  # states at the last prompt token and after
         new_ids = list(start)
         eos = self.tokenizer.eos_token_id
