@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from llmseg_model.modeling.rle import coco_rle
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB in stored orientation."""
@@ -51,12 +53,9 @@ def segmentation_mask(segmentation: Any, height: int, width: int, where: str = "
         rles = []
         for part in segmentation:
             counts = part["counts"]
-            if isinstance(counts, list):
-                rles.append(mask_utils.frPyObjects(part, *part["size"]))
-            elif isinstance(counts, (str, bytes)):
-                rles.append({"size": part["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
-            else:
+            if not isinstance(counts, (list, str, bytes)):
                 raise ValueError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
+            rles.append(coco_rle(part))
     else:
         raise ValueError(f"{where}: expected a list of polygons or of RLEs")
     masks = mask_utils.decode(rles)

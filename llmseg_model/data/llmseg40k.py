@@ -23,6 +23,7 @@ from pycocotools import mask as mask_utils
 
 from llmseg_model.data.reasonseg import load_rgb
 from llmseg_model.data.sample import SegSample
+from llmseg_model.modeling.rle import coco_rle
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +49,11 @@ def decode_rle(rle: dict[str, Any], where: str = "rle_seg") -> np.ndarray:
         raise ValueError(f"{where}: 'size' must be [height, width] with positive ints, got {size!r}")
     height, width = size
     counts = rle["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != height * width:
-            raise ValueError(f"{where}: uncompressed counts sum to {sum(counts)}, expected {height * width}")
-        coded = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    elif isinstance(counts, (str, bytes)):
-        coded = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    else:
+    if not isinstance(counts, (list, str, bytes)):
         raise ValueError(f"{where}: 'counts' must be a string or a list of ints, got {type(counts).__name__}")
-    return mask_utils.decode(coded).astype(np.uint8)
+    if isinstance(counts, list) and sum(counts) != height * width:
+        raise ValueError(f"{where}: uncompressed counts sum to {sum(counts)}, expected {height * width}")
+    return mask_utils.decode(coco_rle({"size": [height, width], "counts": counts})).astype(np.uint8)
 
 
 def _records(data: Any, where: str) -> list[LLMSeg40KRecord]:

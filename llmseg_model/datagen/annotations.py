@@ -20,6 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from llmseg_model.datagen.config import BoxMaskConfig, SourceConfig
+from llmseg_model.modeling.rle import coco_rle
 
 if TYPE_CHECKING:  # torch is imported by BoxMasker only, so the datagen command starts fast
     import torch
@@ -227,11 +228,7 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> dict | None:
     elif isinstance(segmentation, dict) and "counts" in segmentation:
         if list(segmentation.get("size", [])) != [height, width]:
             raise ValueError(f"RLE size {segmentation.get('size')} does not match image {height}x{width}")
-        if isinstance(segmentation["counts"], list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        rle = coco_rle({"size": [height, width], "counts": segmentation["counts"]})
     else:
         raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
     return rle if int(mask_utils.area(rle)) > 0 else None
