@@ -9,6 +9,7 @@ import pytest
 from llmseg_model import latency
 from llmseg_model.cli import parse_command
 from llmseg_model.evaluation import random_models
+from llmseg_model.evaluation.stats import describe_platform
 from llmseg_model.latency import LatencyConfig, run_latency
 
 SMALL_MODES = {
@@ -35,6 +36,7 @@ def test_random_weight_run_reports_every_quantity_as_a_ratio_to_the_encoder(tmp_
     assert json.loads((tmp_path / "latency.json").read_text())["quantities"].keys() == quantities.keys()
     markdown = (tmp_path / "latency.md").read_text()
     assert "| proposals/refine |" in markdown and "x encoder" in markdown and "process clock" in markdown
+    assert f"on {describe_platform(report['platform'])};" in markdown  # the machine is named
 
 
 def test_shipped_tiny_weights_time_prepare_and_measure_recall(tmp_path):

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llmseg_model.evaluation.stats import describe_platform
+
 logger = logging.getLogger(__name__)
 
 PREPARE_STAGES = ("proposals", "features", "vision", "prompt_prefix")
@@ -89,7 +91,7 @@ def _score_cells(row: dict[str, Any]) -> list[str]:
 def markdown_report(report: dict[str, Any]) -> str:
     """Scores (one table per data set) and latency as markdown."""
     lines = ["# Benchmark", ""]
-    device = report["platform"].get("gpu", report["platform"]["device"])
+    device = describe_platform(report["platform"])
     scoring = report["config"].get("scoring", "native")
     how = "resized to 1024x1024 before scoring" if scoring == "resize1024" else "scored at each image's own resolution"
     lines.append(f"Preset `{report['preset']}` on {device}; masks {how} (`scoring: {scoring}`).")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llmseg_model.evaluation.stats import latency_stats
+from llmseg_model.evaluation.stats import describe_platform, latency_stats
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def answering_note(answering: dict[str, Any] | None) -> list[str]:
 
 def markdown_report(report: dict[str, Any]) -> str:
     """The quantities (and recall, when measured) as markdown tables."""
-    platform_info = report["platform"]
-    where = platform_info.get("gpu") or f"{platform_info['device']} ({platform_info['torch_threads']} torch threads)"
+    where = describe_platform(report["platform"])
     height, width = report["frame_size"]
     lines = [
         "# Frame latency",
